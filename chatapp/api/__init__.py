@@ -1,0 +1,14 @@
+"""Blueprints: REST under /api/v1, the websocket at /ws, and the operational routes."""
+from __future__ import annotations
+
+from flask import Flask
+
+
+def register_api(app: Flask) -> None:
+    from chatapp.api import catalog, chat, conversations, meta, ws
+
+    app.register_blueprint(conversations.bp, url_prefix="/api/v1")
+    app.register_blueprint(chat.bp, url_prefix="/api/v1")
+    app.register_blueprint(catalog.bp, url_prefix="/api/v1")
+    app.register_blueprint(meta.bp)
+    ws.init_app(app)

@@ -1,0 +1,39 @@
+"""The websocket endpoint ``/ws``: authenticated and Origin-checked before the 101 upgrade."""
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import Blueprint, Flask, current_app, request
+from flask_sock import Sock
+
+from chatapp.auth import load_user
+from chatapp.config import split_list
+from chatapp.errors import Forbidden
+from chatapp.socket_session import SocketSession
+
+bp = Blueprint("ws", __name__)
+sock = Sock()
+
+
+@bp.before_request
+def authenticate_upgrade() -> None:
+    """flask-sock answers 101 before the handler runs, so refuse here: 403 or 401, never 101."""
+    origin = request.headers.get("Origin")
+    if origin:
+        allowed = split_list(current_app.config.get("ALLOWED_ORIGINS"))
+        same_host = urlsplit(origin).netloc.lower() == request.host.lower()
+        if not (same_host or "*" in allowed or origin.rstrip("/") in [a.rstrip("/") for a in allowed]):
+            raise Forbidden("This Origin may not open a websocket here; see CHATAPP_ALLOWED_ORIGINS.",
+                            code="origin_not_allowed")
+    load_user()
+
+
+@sock.route("/ws", bp=bp)
+def websocket(ws: Any) -> None:
+    SocketSession(ws, load_user(), current_app.extensions["chatapp"]).run()
+
+
+def init_app(app: Flask) -> None:
+    sock.init_app(app)
+    app.register_blueprint(bp)

@@ -1,0 +1,112 @@
+"""Users and API keys. Keys are random, shown once, and stored only as SHA-256 hashes."""
+from __future__ import annotations
+
+import functools
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import redis
+from flask import current_app, g, request
+
+from chatapp.errors import Conflict, Forbidden, Unauthorized
+from chatapp.ids import new_id, now_ms
+
+KEY_PREFIX = "ck_"
+
+
+@dataclass
+class User:
+    id: str
+    name: str
+    is_admin: bool = False
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class Users:
+    """User records and key lookups for one Redis client."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.redis = client
+        self.p = prefix
+
+    def create(self, name: str, admin: bool = False) -> tuple[User, str]:
+        """Create a user; returns it with its new API key (the only time the key exists in clear)."""
+        uid = new_id("u")
+        if not self.redis.hsetnx(f"{self.p}user_names", name, uid):
+            raise Conflict(f"A user named {name!r} exists already.", code="user_exists")
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(f"{self.p}user:{uid}", mapping={
+                "id": uid, "name": name, "is_admin": "1" if admin else "0", "created_at": now_ms()})
+            pipe.set(f"{self.p}apikey:{hash_key(key)}", uid)
+            pipe.execute()
+        return User(uid, name, admin), key
+
+    def by_name(self, name: str) -> User | None:
+        uid = self.redis.hget(f"{self.p}user_names", name)
+        return self.get(uid) if uid else None
+
+    def new_key(self, uid: str) -> str:
+        """Issue another key for an existing user."""
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        self.redis.set(f"{self.p}apikey:{hash_key(key)}", uid)
+        return key
+
+    def get(self, uid: str) -> User | None:
+        h = self.redis.hgetall(f"{self.p}user:{uid}")
+        return User(h["id"], h["name"], h.get("is_admin") == "1") if h else None
+
+    def authenticate(self, key: str | None) -> User | None:
+        if not key or len(key) > 200:
+            return None
+        uid = self.redis.get(f"{self.p}apikey:{hash_key(key)}")
+        return self.get(uid) if uid else None
+
+
+def bearer_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def load_user() -> User:
+    """The caller, from ``Authorization: Bearer``; raises 401 otherwise. Cached on ``g``."""
+    user = g.get("user")
+    if user is None:
+        user = current_app.extensions["chatapp"].users.authenticate(bearer_token())
+        if user is None:
+            raise Unauthorized()
+        g.user = user
+    return user
+
+
+def require_user(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator for routes that need a valid API key."""
+
+    @functools.wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        load_user()
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def require_admin(view: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if not load_user().is_admin:
+            raise Forbidden("This route is for admins.", code="admin_only")
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def authenticate() -> None:
+    """``before_request`` hook for blueprints whose every route needs a key (returns nothing, so
+    Flask goes on to the view)."""
+    load_user()

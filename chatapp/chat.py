@@ -1,0 +1,179 @@
+"""Chat orchestration in the web process: validate, render, ask the plugins, store, enqueue.
+
+A send is one atomic Redis step (user message + queued reply + idempotency key + lease), then an
+RQ job. A cache hit stores the finished reply in that same step and enqueues nothing.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from chatapp.auth import User
+from chatapp.errors import ChatAppError, NotFound
+from chatapp.ids import new_id
+from chatapp.models import CachedReply, ChatRequest, GenerationResult, Persona
+from chatapp.prompt import render_messages
+from chatapp.schemas import check_content, check_params
+
+if TYPE_CHECKING:  # pragma: no cover
+    from chatapp.extension import ChatApp
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Accepted:
+    conversation_id: str
+    user_message_id: str
+    message_id: str
+    state: str
+    client_message_id: str | None = None
+    cached: bool = False
+    duplicate: bool = False
+
+
+def _fields(mapping: dict[str, Any]) -> list[str]:
+    """A hash as the flat [field, value, ...] list the send script passes to HSET."""
+    out: list[str] = []
+    for key, value in mapping.items():
+        out += [key, value if isinstance(value, str) else json.dumps(value) if isinstance(value, dict) else str(value)]
+    return out
+
+
+def conversation_persona(ext: "ChatApp", conv: dict[str, str]) -> Persona | None:
+    """The conversation's persona, with its per-conversation system prompt override applied."""
+    persona = ext.catalog.persona(conv.get("persona") or None)
+    override = conv.get("system_prompt")
+    if override:
+        persona = replace(persona, system_prompt=override) if persona else Persona(name="custom", system_prompt=override)
+    return persona
+
+
+class ChatService:
+    def __init__(self, ext: "ChatApp") -> None:
+        self.ext = ext
+        self.config = ext.config
+
+    def new_conversation(self, user: User, *, title: str = "", persona: str | None = None,
+                         provider: str | None = None, model: str | None = None,
+                         params: dict[str, Any] | None = None, system_prompt: str = "") -> tuple[str, dict[str, Any]]:
+        """Validated fields of a new conversation (not yet stored)."""
+        persona_obj = self.ext.catalog.persona(persona)
+        provider_obj = self.ext.catalog.provider(provider or (persona_obj.provider if persona_obj else None))
+        model_id = self.ext.catalog.model_for(provider_obj, model or (persona_obj.model if persona_obj else None))
+        params = check_params(dict(params or {}), self.config["MAX_TOKENS_LIMIT"])
+        cid, fields = self.ext.store.new_conversation_fields(
+            user.id, title, persona_obj.name if persona_obj else "", provider_obj.id, model_id, params)
+        if system_prompt:
+            fields["system_prompt"] = system_prompt
+        return cid, fields
+
+    def send(self, user: User, *, conversation_id: str | None, content: str, client_message_id: str | None = None,
+             persona: str | None = None, params: dict[str, Any] | None = None, system_prompt: str = "") -> Accepted:
+        """Accept a user message and start (or serve from cache) its reply."""
+        ext = self.ext
+        check_content(content, self.config["MAX_MESSAGE_BYTES"])
+        params = check_params(dict(params or {}), self.config["MAX_TOKENS_LIMIT"])
+        if client_message_id:
+            seen = ext.redis.get(f"{ext.prefix}idem:{user.id}:{client_message_id}")
+            if seen:
+                return Accepted(**json.loads(seen), state="queued", client_message_id=client_message_id,
+                                duplicate=True)
+        new_conv = None
+        if conversation_id:
+            conv = ext.store.conversation(user.id, conversation_id)
+            history = ext.store.history(conversation_id)
+        else:
+            title = content.strip().splitlines()[0][: self.config["MAX_TITLE_CHARS"]]
+            conversation_id, new_conv = self.new_conversation(user, title=title, persona=persona,
+                                                              system_prompt=system_prompt)
+            conv = {k: str(v) for k, v in new_conv.items()}
+            history = []
+        persona_obj = conversation_persona(ext, conv)
+        provider = ext.catalog.provider(conv.get("provider") or None)
+        merged = {**(persona_obj.params if persona_obj else {}), **json.loads(conv.get("params") or "{}"), **params}
+        cache_mode = merged.pop("cache", "use")
+        budget = (persona_obj.history_budget if persona_obj and persona_obj.history_budget
+                  else self.config["HISTORY_TOKEN_BUDGET"])
+        user_mid, reply_mid = new_id("m"), new_id("m")
+        request = ChatRequest(
+            message_id=reply_mid, conversation_id=conversation_id, user_id=user.id, provider=provider.id,
+            model=conv.get("model") or ext.catalog.model_for(provider, None),
+            messages=render_messages(persona_obj, history, content, budget),
+            params=merged, persona=persona_obj, cache=cache_mode,
+        )
+        ext.pm.hook.before_generation(request=request)
+        cached: CachedReply | None = None
+        if cache_mode == "use":
+            cached = ext.pm.hook.get_cached_reply(request=request)
+        now = int(time.time() * 1000)
+        job_id = ext.queue.first_job_id(reply_mid)
+        spec: dict[str, Any] = {
+            "client_message_id": client_message_id or "",
+            "idempotency_ttl": int(self.config["IDEMPOTENCY_TTL_S"]),
+            "idempotency_value": json.dumps({"conversation_id": conversation_id, "user_message_id": user_mid,
+                                             "message_id": reply_mid}),
+            "conversation": _fields(new_conv) if new_conv else False,
+            "user_message": _fields({"id": user_mid, "conversation_id": conversation_id, "user_id": user.id,
+                                     "role": "user", "content": content, "state": "done", "created_at": now,
+                                     "client_message_id": client_message_id or ""}),
+            "reply_message": _fields({"id": reply_mid, "conversation_id": conversation_id, "user_id": user.id,
+                                      "role": "assistant", "content": "", "state": "queued", "created_at": now,
+                                      "reply_to": user_mid, "provider": request.provider, "model": request.model,
+                                      "persona": persona_obj.name if persona_obj else "",
+                                      "params": request.params, "cache": cache_mode, "job_id": job_id,
+                                      "attempt": 0, "owner": "", "cancel": "0"}),
+            "queued_event": json.dumps({"state": "queued"}),
+        }
+        if cached is not None:
+            spec["cached"] = {
+                "text": cached.text,
+                "delta_event": json.dumps({"text": cached.text}),
+                "fin": {"finish_reason": cached.finish_reason, "usage": cached.usage, "cached": True,
+                        "meta": {"cost_saved_micros": cached.cost_saved_micros}},
+            }
+        out = ext.replies.send(user.id, conversation_id, user_mid, reply_mid, spec)
+        if out[0] == "duplicate":
+            return Accepted(**json.loads(out[1]), state="queued", client_message_id=client_message_id,
+                            duplicate=True)
+        if out[0] == "not_found":
+            raise NotFound("No such conversation.", code="conversation_not_found")
+        if cached is not None:
+            self._after_cached(request, cached)
+        else:
+            try:
+                ext.queue.enqueue(reply_mid, job_id)
+            except Exception:  # the reply is stored with a lease: the reaper enqueues it
+                log.exception("enqueue failed for %s; the reaper will retry", reply_mid)
+        return Accepted(conversation_id, user_mid, reply_mid, "done" if cached else "queued",
+                        client_message_id, cached=cached is not None)
+
+    def _after_cached(self, request: ChatRequest, cached: CachedReply) -> None:
+        now = time.time()
+        result = GenerationResult(
+            message_id=request.message_id, state="done", text=cached.text, finish_reason=cached.finish_reason,
+            usage=cached.usage, provider=request.provider, model=request.model, cached=True,
+            started_at=now, first_token_at=now, finished_at=now,
+            meta={"cost_saved_micros": cached.cost_saved_micros},
+        )
+        try:
+            self.ext.pm.hook.after_generation(request=request, result=result)
+        except Exception:
+            log.exception("after_generation failed for cached reply %s", request.message_id)
+
+    def cancel(self, user: User, mid: str, cid: str | None = None) -> dict[str, Any]:
+        """Stop a reply; returns the message as it stands."""
+        h = self.ext.store.message(user.id, mid, cid)
+        if h["role"] != "assistant":
+            raise ChatAppError("Only replies can be stopped.", code="not_a_reply", status=409)
+        if self.ext.replies.cancel(user.id, mid) == "not_found":
+            raise NotFound("No such message.", code="message_not_found")
+        return self.ext.store.message_view(self.ext.store.message(user.id, mid))
+
+    def wait(self, user: User, mid: str, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the reply ends (or ``WAIT_TIMEOUT_S``); returns the message as it stands."""
+        self.ext.relay.wait(mid, self.config["WAIT_TIMEOUT_S"] if timeout is None else timeout)
+        return self.ext.store.message_view(self.ext.store.message(user.id, mid))

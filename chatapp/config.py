@@ -1,0 +1,82 @@
+"""Settings: defaults here, then ``CHATAPP_*`` environment variables, then the test config.
+
+``CHATAPP_FOO=bar`` sets ``app.config["FOO"]`` (Flask's ``from_prefixed_env``, which parses JSON
+values, so ``CHATAPP_MAX_MESSAGE_BYTES=65536`` is an int). ``REDIS_URL``, ``PORT`` and the
+provider variables (``RUNPOD_*``, ``OPENAI_*``) are read by their own names.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flask import Flask
+
+DEFAULTS: dict[str, Any] = {
+    # Redis: None means "embedded" (python -m chatapp starts one); the web app then refuses to run.
+    "REDIS_URL": None,
+    "KEY_PREFIX": "chatapp:",
+    "REDIS_MAX_CONNECTIONS": 20,  # per process and per client; the pool blocks, never raises
+    # plugins
+    "DISABLED_PLUGINS": "",  # comma-separated plugin names
+    "DEFAULT_PROVIDER": None,  # None: runpod if configured, else echo
+    "DEFAULT_PERSONA": "assistant",
+    # limits
+    "MAX_MESSAGE_BYTES": 32 * 1024,
+    "MAX_TITLE_CHARS": 200,
+    "MAX_TOKENS_LIMIT": 4096,
+    "MAX_PAGE_SIZE": 100,
+    "DEFAULT_PAGE_SIZE": 20,
+    "MAX_WS_FRAME_BYTES": 64 * 1024,
+    "HISTORY_TOKEN_BUDGET": 3000,
+    # jobs and leases
+    "QUEUE_NAME": "chat",
+    "JOB_TIMEOUT_S": 600,  # RQ job timeout; RunPod executionTimeout is set below it
+    "LEASE_TTL_S": 5.0,  # a worker that stops renewing for this long is presumed dead
+    "LEASE_RENEW_S": 0.5,  # also how often Stop is noticed by the worker
+    "QUEUE_GRACE_S": 30.0,  # how long a queued reply waits before the reaper checks its job
+    "MAX_ATTEMPTS": 3,
+    "WORKER_CONCURRENCY": 100,  # generations one worker process runs at once
+    # streams
+    "STREAM_TTL_S": 24 * 3600,  # a finished reply's event stream is kept this long for resume
+    "FIREHOSE_MAXLEN": 100_000,
+    "WAIT_TIMEOUT_S": 25.0,  # ?wait=true and /chat; below Heroku's 30 s router timeout
+    "IDEMPOTENCY_TTL_S": 24 * 3600,
+    # websocket
+    "ALLOWED_ORIGINS": "",  # comma-separated; the same host is always allowed
+    "SOCKET_QUEUE_SIZE": 2000,  # events buffered for a slow socket before it is told to resume
+    "SOCK_SERVER_OPTIONS": {"ping_interval": 25},  # Heroku drops sockets silent for 55 s
+}
+
+#: variables read by their own names (no CHATAPP_ prefix)
+PLAIN_ENV = (
+    "REDIS_URL", "PORT", "RUNPOD_API_KEY", "RUNPOD_ENDPOINT_ID", "RUNPOD_BASE_URL", "RUNPOD_GPU",
+    "RUNPOD_PRICE_PER_SECOND", "RUNPOD_ENDPOINTS", "RUNPOD_EXECUTION_TIMEOUT_S",
+    "RUNPOD_STALL_TIMEOUT_S", "OPENAI_BASE_URL", "OPENAI_API_KEY", "OPENAI_MODELS", "OPENAI_PRICES",
+)
+
+#: never logged or shown by /-/plugins and friends
+SECRET_KEYS = frozenset({"RUNPOD_API_KEY", "OPENAI_API_KEY", "SECRET_KEY", "REDIS_URL"})
+
+
+def load_config(app: Flask, test_config: dict[str, Any] | None = None) -> None:
+    """Fill ``app.config``: defaults, then the environment, then ``test_config``."""
+    app.config.from_mapping(DEFAULTS)
+    for name in PLAIN_ENV:
+        if os.environ.get(name):
+            app.config[name] = os.environ[name]
+    app.config.from_prefixed_env("CHATAPP")
+    if test_config:
+        app.config.from_mapping(test_config)
+    app.config["SOCK_SERVER_OPTIONS"] = {
+        **app.config["SOCK_SERVER_OPTIONS"],
+        "max_message_size": app.config["MAX_WS_FRAME_BYTES"],
+    }
+
+
+def split_list(value: Any) -> list[str]:
+    """'a, b' or ['a', 'b'] -> ['a', 'b']."""
+    if not value:
+        return []
+    if isinstance(value, str):
+        value = value.split(",")
+    return [v.strip() for v in value if v and v.strip()]

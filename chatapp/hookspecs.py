@@ -1,0 +1,93 @@
+"""The plugin contract: every hook chatapp calls, with its arguments and when it runs.
+
+Plugins implement hooks with ``@chatapp.hookimpl``. pluggy passes arguments by name and an
+implementation may accept any subset of them. Unless a hook says "first result wins", every
+implementation runs and the results are collected in a list (newest-registered plugin first).
+Built-in behaviour ships as ordinary plugins in ``plugins/`` (see ``plugins.DEFAULT_PLUGINS``);
+third-party packages register under the ``chatapp`` entry-point group.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from chatapp.models import CachedReply, ChatRequest, Cost, GenerationResult, Persona, Provider
+
+PROJECT = "chatapp"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def register_providers(config: "Mapping[str, Any]") -> "list[Provider]":
+    """Return a list of ``Provider`` objects this plugin offers.
+
+    Called once at startup in every process (web and worker). ``config`` is the app's settings
+    (read-only; includes ``RUNPOD_*`` and ``OPENAI_*``): a provider that is not configured returns
+    an empty list. Provider ids must be unique across plugins; a later duplicate is refused with a
+    logged error.
+    """
+
+
+@hookspec
+def register_personas(config: "Mapping[str, Any]") -> "list[Persona]":
+    """Return a list of ``Persona`` objects.
+
+    Called at startup (and again when personas are reloaded) in every process. Persona names are
+    unique; on a clash the plugin registered last wins and the clash is logged.
+    """
+
+
+@hookspec(firstresult=True)
+def get_cached_reply(request: "ChatRequest") -> "CachedReply | None":
+    """Return a stored reply for this request, or None. First non-None result wins.
+
+    Called in the web process before a job is enqueued, unless ``request.cache`` is "refresh" or
+    "skip". A hit is answered at once: no job runs, it costs nothing, and the reply streams to the
+    client as ordinary frames with ``cached: true``.
+    """
+
+
+@hookspec
+def before_generation(request: "ChatRequest") -> None:
+    """Inspect a request before it is accepted; raise a ``ChatAppError`` to refuse it.
+
+    Called in the web process for every send, before the cache lookup and before anything is
+    stored. Raising ``chatapp.errors.BudgetExhausted`` gives the client a 402, ``RateLimited`` a
+    429; nothing is written when a plugin refuses.
+    """
+
+
+@hookspec(firstresult=True)
+def price_generation(
+    request: "ChatRequest", result: "GenerationResult", provider: "Provider | None"
+) -> "Cost | None":
+    """Return the ``Cost`` of a finished generation, or None to let the next plugin decide.
+
+    Called in the worker after the provider stops (done, failed or cancelled), before the reply is
+    stored; first non-None wins. ``result.meta`` carries what the provider reported (e.g. RunPod's
+    ``executionTime``); ``provider`` is the ``Provider`` that ran it. A built-in fallback
+    (``plugins.pricing``) runs last and asks ``provider.price()``. The cost is stored with the
+    reply exactly once, in the same atomic write.
+    """
+
+
+@hookspec
+def after_generation(request: "ChatRequest", result: "GenerationResult") -> None:
+    """React to a finished reply: store it in a cache, settle a budget, record analytics.
+
+    Called once per reply (done, failed or cancelled, cached or not), after it is stored, by the
+    single job run that stored it: a retried or orphaned RQ job never calls it twice. Runs in the
+    worker, or in the web process for cache hits. Exceptions are logged and do not affect the reply.
+    """
+
+
+@hookspec
+def register_blueprints() -> "list":
+    """Return Flask blueprints to mount on the app.
+
+    Called once at app creation in every process. Routes are mounted as given; protect them with
+    ``chatapp.auth.require_user`` when they expose user data.
+    """

@@ -1,0 +1,48 @@
+-- Shared by every reply script (prepended by chatapp/scripts.py). ARGV[1] is the key prefix.
+-- An event goes to the reply's own stream (id 0-<seq>, so replay is XRANGE and seq has no gaps)
+-- and to the firehose that each web process's single reader follows.
+local P = ARGV[1]
+local FIREHOSE_MAXLEN = '%FIREHOSE_MAXLEN%'
+
+local function mkey(mid) return P .. 'msg:' .. mid end
+
+local function is_terminal(state)
+  return state == 'done' or state == 'failed' or state == 'cancelled'
+end
+
+local function append_event(mid, t, data, text)
+  local seq = redis.call('HINCRBY', mkey(mid), 'seq', 1)
+  redis.call('XADD', P .. 'ev:' .. mid, '0-' .. seq, 't', t, 'd', data)
+  redis.call('XADD', P .. 'events', 'MAXLEN', '~', FIREHOSE_MAXLEN, '*', 'm', mid, 's', seq, 't', t, 'd', data)
+  if text ~= nil and text ~= '' then
+    redis.call('APPEND', mkey(mid) .. ':partial', text)
+  end
+  return seq
+end
+
+-- Ends a reply: the stored content is exactly the concatenated deltas, the terminal event is
+-- written after the record so a reader that sees it finds the final message, and the
+-- conversation's totals move in the same step.
+local function finalize(mid, fin)
+  local key = mkey(mid)
+  local content = redis.call('GET', key .. ':partial') or ''
+  redis.call('HSET', key, 'state', fin.state, 'content', content, 'finish_reason', fin.finish_reason,
+    'usage', fin.usage, 'cost_micros', fin.cost_micros, 'cached', fin.cached, 'error', fin.error,
+    'meta', fin.meta, 'owner', '', 'updated_at', fin.now, 'finished_at', fin.now)
+  redis.call('DEL', key .. ':partial')
+  local seq = append_event(mid, fin.event_type, fin.event_data, '')
+  redis.call('HSET', key, 'final_seq', seq)
+  redis.call('ZREM', P .. 'leases', mid)
+  redis.call('EXPIRE', P .. 'ev:' .. mid, fin.stream_ttl)
+  local cid = redis.call('HGET', key, 'conversation_id')
+  local ckey = P .. 'conv:' .. cid
+  if cid and redis.call('EXISTS', ckey) == 1 then
+    redis.call('HINCRBY', ckey, 'cost_micros', fin.cost_micros)
+    redis.call('HSET', ckey, 'updated_at', fin.now)
+    local uid = redis.call('HGET', ckey, 'user_id')
+    redis.call('ZADD', P .. 'user:' .. uid .. ':convs', fin.now, cid)
+    redis.call('HINCRBY', P .. 'user:' .. uid .. ':usage', 'cost_micros', fin.cost_micros)
+    redis.call('HINCRBY', P .. 'user:' .. uid .. ':usage', 'replies_' .. fin.state, 1)
+  end
+  return seq
+end

@@ -1,0 +1,15 @@
+-- Delete a conversation with its messages, streams, idempotency keys and leases.
+-- ARGV: P, cid, uid. Returns -1 when the caller does not own it.
+local cid, uid = ARGV[2], ARGV[3]
+local ckey = P .. 'conv:' .. cid
+if redis.call('HGET', ckey, 'user_id') ~= uid then return -1 end
+local mids = redis.call('ZRANGE', ckey .. ':msgs', 0, -1)
+for _, mid in ipairs(mids) do
+  local cmid = redis.call('HGET', mkey(mid), 'client_message_id')
+  if cmid and cmid ~= '' then redis.call('DEL', P .. 'idem:' .. uid .. ':' .. cmid) end
+  redis.call('DEL', mkey(mid), mkey(mid) .. ':partial', P .. 'ev:' .. mid)
+  redis.call('ZREM', P .. 'leases', mid)
+end
+redis.call('DEL', ckey, ckey .. ':msgs')
+redis.call('ZREM', P .. 'user:' .. uid .. ':convs', cid)
+return #mids

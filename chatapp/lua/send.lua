@@ -1,0 +1,35 @@
+-- Accept a user message and its (queued or cached) reply in one atomic step.
+-- ARGV: P, uid, cid, user_mid, reply_mid, now_ms, spec_json
+local uid, cid, umid, amid, now = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local spec = cjson.decode(ARGV[7])
+local idem_key = nil
+if spec.client_message_id ~= '' then
+  idem_key = P .. 'idem:' .. uid .. ':' .. spec.client_message_id
+  local existing = redis.call('GET', idem_key)
+  if existing then return {'duplicate', existing} end
+end
+local ckey = P .. 'conv:' .. cid
+if spec.conversation then
+  redis.call('HSET', ckey, unpack(spec.conversation))
+elseif redis.call('HGET', ckey, 'user_id') ~= uid then
+  return {'not_found'}
+end
+local uidx = redis.call('HINCRBY', ckey, 'msg_counter', 1)
+local aidx = redis.call('HINCRBY', ckey, 'msg_counter', 1)
+redis.call('HSET', mkey(umid), unpack(spec.user_message))
+redis.call('HSET', mkey(amid), unpack(spec.reply_message))
+redis.call('ZADD', ckey .. ':msgs', uidx, umid, aidx, amid)
+redis.call('HINCRBY', ckey, 'message_count', 2)
+redis.call('HSET', ckey, 'updated_at', now)
+redis.call('ZADD', P .. 'user:' .. uid .. ':convs', now, cid)
+if idem_key then
+  redis.call('SET', idem_key, spec.idempotency_value, 'EX', spec.idempotency_ttl)
+end
+if spec.cached then
+  append_event(amid, 'delta', spec.cached.delta_event, spec.cached.text)
+  finalize(amid, spec.cached.fin)
+else
+  redis.call('ZADD', P .. 'leases', spec.lease_deadline, amid)
+  append_event(amid, 'status', spec.queued_event, '')
+end
+return {'ok'}

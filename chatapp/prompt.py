@@ -1,0 +1,38 @@
+"""Prompt rendering: the persona's system prompt plus as much history as fits a token budget."""
+from __future__ import annotations
+
+from typing import Iterable
+
+from chatapp.models import Message, Persona
+
+USABLE_REPLY_STATES = {"done", "cancelled"}
+
+
+def estimate_tokens(text: str) -> int:
+    """A provider-neutral estimate (about four characters a token), good enough for budgeting."""
+    return max(1, (len(text) + 3) // 4)
+
+
+def render_messages(persona: Persona | None, history: Iterable[dict[str, str]], new_user_text: str | None,
+                    budget_tokens: int) -> list[Message]:
+    """System prompt, then the newest turns that fit ``budget_tokens``, oldest first.
+
+    ``history`` holds stored message hashes, oldest first; failed or empty replies are left out.
+    ``new_user_text`` is appended last when given (the web side renders before storing). The newest
+    user turn is always kept, even when it alone exceeds the budget.
+    """
+    turns = [Message(h["role"], h.get("content", "")) for h in history
+             if h["role"] == "user" or (h.get("state") in USABLE_REPLY_STATES and h.get("content"))]
+    if new_user_text is not None:
+        turns.append(Message("user", new_user_text))
+    system = persona.system_prompt if persona and persona.system_prompt else ""
+    remaining = budget_tokens - (estimate_tokens(system) if system else 0)
+    kept: list[Message] = []
+    for i, turn in enumerate(reversed(turns)):
+        cost = estimate_tokens(turn.content)
+        if i > 0 and cost > remaining:
+            break
+        kept.append(turn)
+        remaining -= cost
+    kept.reverse()
+    return ([Message("system", system)] if system else []) + kept

@@ -1,0 +1,63 @@
+"""Redis connections: one bounded pool per client per process, whatever the number of sockets.
+
+Two clients share a server: ``text`` (decode_responses=True) for chatapp's own keys and ``raw``
+for RQ, which stores pickled bytes. Pools block (up to ``POOL_TIMEOUT_S``) instead of raising
+when every connection is busy.
+"""
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+POOL_TIMEOUT_S = 5
+#: blocking reads (XREAD BLOCK) stay well below this; redis-py 8.1 defaults to 5 s
+SOCKET_TIMEOUT_S = 10
+
+
+@dataclass
+class RedisClients:
+    text: redis.Redis
+    raw: redis.Redis
+
+    def close(self) -> None:
+        for client in (self.text, self.raw):
+            client.close()
+            pool = getattr(client, "connection_pool", None)
+            if pool is not None:
+                pool.disconnect()
+
+
+def _pool(url: str, max_connections: int, decode: bool, verify_tls: bool) -> redis.BlockingConnectionPool:
+    kwargs: dict[str, Any] = {
+        "max_connections": max_connections,
+        "timeout": POOL_TIMEOUT_S,
+        "decode_responses": decode,
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 30,
+    }
+    if url.startswith("rediss://") and not verify_tls:
+        # Heroku Redis presents a self-signed certificate.
+        kwargs["ssl_cert_reqs"] = ssl.CERT_NONE
+    return redis.BlockingConnectionPool.from_url(url, **kwargs)
+
+
+def connect(url: str, max_connections: int = 20, verify_tls: bool = False) -> RedisClients:
+    """Clients for a Redis server at ``url`` (redis://, rediss:// or unix://)."""
+    return RedisClients(
+        text=redis.Redis(connection_pool=_pool(url, max_connections, True, verify_tls)),
+        raw=redis.Redis(connection_pool=_pool(url, max_connections, False, verify_tls)),
+    )
+
+
+def connect_fake(server: Any) -> RedisClients:
+    """Clients for an in-process ``fakeredis.FakeServer`` (the embedded default)."""
+    import fakeredis
+
+    return RedisClients(
+        text=fakeredis.FakeRedis(server=server, decode_responses=True),
+        raw=fakeredis.FakeRedis(server=server),
+    )

@@ -1,0 +1,44 @@
+"""RQ binding: one job per reply on queue ``chat``; the job takes only the reply's id."""
+from __future__ import annotations
+
+import secrets
+
+import redis
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+
+JOB_FUNCTION = "workers.jobs.generate_reply"
+
+
+class ReplyQueue:
+    def __init__(self, raw_client: redis.Redis, name: str, job_timeout_s: int) -> None:
+        self.connection = raw_client
+        self.queue = Queue(name, connection=raw_client)
+        self.job_timeout_s = job_timeout_s
+
+    @staticmethod
+    def first_job_id(mid: str) -> str:
+        return f"reply-{mid}"
+
+    @staticmethod
+    def retry_job_id(mid: str) -> str:
+        return f"reply-{mid}-{secrets.token_hex(4)}"
+
+    def enqueue(self, mid: str, job_id: str) -> None:
+        self.queue.enqueue_call(
+            JOB_FUNCTION, args=(mid,), job_id=job_id, timeout=self.job_timeout_s,
+            result_ttl=600, failure_ttl=24 * 3600, description=f"reply {mid}",
+        )
+
+    def job_status(self, job_id: str | None) -> str | None:
+        """RQ's status for a job ('queued', 'started', 'finished', ...), None when it is gone."""
+        if not job_id:
+            return None
+        try:
+            return Job.fetch(job_id, connection=self.connection).get_status(refresh=False)
+        except NoSuchJobError:
+            return None
+
+    def depth(self) -> int:
+        return self.queue.count

@@ -1,0 +1,147 @@
+"""One websocket connection: frames in, events out, any number of replies followed at once.
+
+The handler thread is the socket's only sender. A reader thread turns incoming frames into work
+items, and the relay's reader drops event frames into the same bounded queue without ever
+blocking; a socket too slow to drain it is closed (code 1013) and resumes from its last ``seq``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from typing import TYPE_CHECKING, Any
+
+import redis
+from simple_websocket import ConnectionClosed
+
+from chatapp.auth import User
+from chatapp.errors import ChatAppError, InvalidRequest, NotFound, Unavailable
+from chatapp.relay import Subscription
+from chatapp.schemas import FRAME_SCHEMAS, load
+
+if TYPE_CHECKING:  # pragma: no cover
+    from chatapp.extension import ChatApp
+
+log = logging.getLogger(__name__)
+
+CLOSE_TRY_AGAIN = 1013
+
+
+class SocketSession:
+    def __init__(self, ws: Any, user: User, ext: "ChatApp") -> None:
+        self.ws, self.user, self.ext = ws, user, ext
+        self.inbox: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=int(ext.config["SOCKET_QUEUE_SIZE"]))
+        self.subs: dict[str, Subscription] = {}
+        self.overflowed = False
+
+    # -- loop -----------------------------------------------------------------------------------
+    def run(self) -> None:
+        reader = threading.Thread(target=self._read, name="chatapp-ws-reader", daemon=True)
+        reader.start()
+        try:
+            while True:
+                kind, item = self.inbox.get()
+                if kind == "closed":
+                    break
+                if self.overflowed:
+                    self.ws.close(CLOSE_TRY_AGAIN, "too slow: reconnect and subscribe from your last seq")
+                    break
+                if kind == "frame":
+                    self._handle(item)
+                else:
+                    self._send(item)
+        except ConnectionClosed:
+            pass
+        finally:
+            for sub in list(self.subs.values()):
+                sub.close()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                data = self.ws.receive()
+                if data is None:
+                    continue
+                self.inbox.put(("frame", data))
+        except ConnectionClosed:
+            pass
+        except Exception:
+            log.exception("websocket reader failed")
+        self.inbox.put(("closed", None))
+
+    def _deliver(self, frame: dict[str, Any]) -> None:
+        """Relay sink: never blocks the process's single reader."""
+        try:
+            self.inbox.put_nowait(("event", frame))
+        except queue.Full:
+            self.overflowed = True
+
+    def _send(self, frame: dict[str, Any]) -> None:
+        self.ws.send(json.dumps(frame, ensure_ascii=False, separators=(",", ":")))
+
+    # -- frames ---------------------------------------------------------------------------------
+    def _handle(self, raw: Any) -> None:
+        frame_ref: dict[str, Any] = {}
+        try:
+            if not isinstance(raw, str):
+                raise InvalidRequest("Send JSON text frames.", code="invalid_frame")
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                raise InvalidRequest("The frame is not valid JSON.", code="invalid_json") from None
+            if not isinstance(data, dict):
+                raise InvalidRequest("Send a JSON object with a 'type'.", code="invalid_frame")
+            frame_ref = data
+            schema = FRAME_SCHEMAS.get(data.get("type"))  # type: ignore[arg-type]
+            if schema is None:
+                raise InvalidRequest(f"Unknown frame type; use one of {sorted(FRAME_SCHEMAS)}.",
+                                     code="unknown_frame_type")
+            frame = load(schema, data)
+            getattr(self, "on_" + frame["type"])(frame)
+        except ChatAppError as err:
+            self._send_error(err, frame_ref)
+        except redis.RedisError:
+            self._send_error(Unavailable(), frame_ref)
+        except Exception:
+            log.exception("websocket frame failed")
+            self._send_error(ChatAppError(), frame_ref)
+
+    def _send_error(self, err: ChatAppError, frame: dict[str, Any]) -> None:
+        out: dict[str, Any] = {"type": "error", "code": err.code, "message": err.message}
+        if isinstance(frame.get("message_id"), str):
+            out["message_id"] = frame["message_id"]
+        if isinstance(frame.get("client_message_id"), str):
+            out["client_message_id"] = frame["client_message_id"]
+        if err.details:
+            out["details"] = err.details
+        self._send(out)
+
+    def on_ping(self, frame: dict[str, Any]) -> None:
+        self._send({"type": "pong"})
+
+    def on_send(self, frame: dict[str, Any]) -> None:
+        accepted = self.ext.chat.send(
+            self.user, conversation_id=frame.get("conversation_id"), content=frame["content"],
+            client_message_id=frame.get("client_message_id"), persona=frame.get("persona"),
+            params=frame.get("params"),
+        )
+        self._send({"type": "accepted", "conversation_id": accepted.conversation_id,
+                    "user_message_id": accepted.user_message_id, "message_id": accepted.message_id,
+                    "client_message_id": accepted.client_message_id})
+        self._follow(accepted.message_id, 0)
+
+    def on_subscribe(self, frame: dict[str, Any]) -> None:
+        h = self.ext.store.message(self.user.id, frame["message_id"])
+        if h["role"] != "assistant":
+            raise NotFound("No such reply.", code="message_not_found")
+        self._follow(frame["message_id"], frame["after_seq"])
+
+    def on_cancel(self, frame: dict[str, Any]) -> None:
+        self.ext.chat.cancel(self.user, frame["message_id"])
+
+    def _follow(self, mid: str, after_seq: int) -> None:
+        old = self.subs.pop(mid, None)
+        if old is not None:
+            old.close()
+        self.subs[mid] = self.ext.relay.subscribe(mid, after_seq, self._deliver)

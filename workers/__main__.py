@@ -1,0 +1,35 @@
+"""``python -m workers``: an RQ worker on queue ``chat`` running many replies at once."""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from chatapp.app import create_app
+from workers import runtime
+from workers.keeper import LeaseKeeper
+from workers.pool import ThreadPoolWorker
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
+    parser.add_argument("--concurrency", type=int, default=None, help="replies at once (CHATAPP_WORKER_CONCURRENCY)")
+    parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app()
+    ext = app.extensions["chatapp"]
+    keeper = LeaseKeeper(ext)
+    runtime.install(ext, keeper)
+    keeper.start()
+    concurrency = args.concurrency or int(app.config["WORKER_CONCURRENCY"])
+    worker = ThreadPoolWorker([app.config["QUEUE_NAME"]], connection=ext.clients.raw, concurrency=concurrency)
+    logging.getLogger(__name__).info("worker %s: %d replies at once on queue %r",
+                                     keeper.worker_id, concurrency, app.config["QUEUE_NAME"])
+    try:
+        worker.work(burst=args.burst, logging_level="INFO")
+    finally:
+        keeper.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""The RQ job: generate one reply. It takes only the reply's id and is safe to run twice.
+
+Ownership comes from a fenced claim (``chatapp.replies``); every event write and the finish are
+checked against the claim's token, so an orphaned or duplicate run cannot add text or finish the
+reply a second time. A resumed attempt skips the text already delivered.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from rq.timeouts import JobTimeoutException
+
+from chatapp.chat import conversation_persona
+from chatapp.errors import ChatAppError, GenerationLost, ProviderTimeout
+from chatapp.models import CANCELLED, DONE, FAILED, ChatRequest, GenerationContext, GenerationResult, Provider, Usage
+from chatapp.prompt import render_messages
+from chatapp.replies import Claim, FencedOut
+from workers import runtime
+
+if TYPE_CHECKING:  # pragma: no cover
+    from chatapp.extension import ChatApp
+    from workers.keeper import LeaseKeeper
+
+log = logging.getLogger(__name__)
+
+#: the provider must be done this long before RQ's own job timeout fires
+DEADLINE_MARGIN_S = 20
+
+
+def generate_reply(message_id: str) -> str:
+    """RQ entry point. Returns how the run ended (for RQ's result), never raises for reply errors."""
+    ext, keeper = runtime.get()
+    return ReplyRun(ext, keeper, message_id).run()
+
+
+class ReplyRun:
+    def __init__(self, ext: "ChatApp", keeper: "LeaseKeeper", mid: str) -> None:
+        self.ext, self.keeper, self.mid = ext, keeper, mid
+        self.token = uuid.uuid4().hex
+
+    def run(self) -> str:
+        claim = self.ext.replies.claim(self.mid, self.token)
+        if claim.status != "ok":
+            log.info("reply %s not run: %s", self.mid, claim.status)
+            return claim.status
+        try:
+            request, provider = self.build_request()
+        except ChatAppError as err:
+            result = GenerationResult(self.mid, FAILED, "", error=err.to_dict()["error"], attempt=claim.attempt)
+            self.ext.replies.finish(self.mid, self.token, result)
+            return FAILED
+        context = GenerationContext(
+            message_id=self.mid, attempt=claim.attempt, resume_state=claim.resume_state,
+            deadline=time.time() + max(5, int(self.ext.config["JOB_TIMEOUT_S"]) - DEADLINE_MARGIN_S),
+            save_state=lambda state: self.ext.replies.save_state(self.mid, self.token, state),
+        )
+        self.keeper.track(self.mid, self.token, context, provider)
+        try:
+            result = self.generate(request, provider, context, claim)
+        finally:
+            self.keeper.untrack(self.mid)
+        if result is None:
+            return "fenced"
+        return self.finish(request, provider, result)
+
+    def build_request(self) -> tuple[ChatRequest, Provider]:
+        ext = self.ext
+        h = ext.redis.hgetall(f"{ext.prefix}msg:{self.mid}")
+        conv = ext.redis.hgetall(f"{ext.prefix}conv:{h.get('conversation_id')}")
+        if not h or not conv:
+            raise GenerationLost("The conversation was deleted.", code="conversation_deleted")
+        persona = conversation_persona(ext, conv)
+        provider = ext.catalog.provider(h.get("provider"))
+        budget = persona.history_budget if persona and persona.history_budget else ext.config["HISTORY_TOKEN_BUDGET"]
+        history = ext.store.history(h["conversation_id"], upto_mid=self.mid)
+        request = ChatRequest(
+            message_id=self.mid, conversation_id=h["conversation_id"], user_id=h["user_id"],
+            provider=provider.id, model=h.get("model", ""), messages=render_messages(persona, history, None, budget),
+            params=json.loads(h.get("params") or "{}"), persona=persona, cache=h.get("cache", "use"),
+        )
+        return request, provider
+
+    def generate(self, request: ChatRequest, provider: Provider, context: GenerationContext,
+                 claim: Claim) -> GenerationResult | None:
+        """Stream from the provider into the reply's events; None if this run was fenced out."""
+        result = GenerationResult(self.mid, DONE, "", provider=provider.id, model=request.model,
+                                  started_at=time.time(), attempt=claim.attempt)
+        already = claim.emitted  # text an earlier attempt delivered; the provider starts over
+        status_sent = None
+        try:
+            for chunk in provider.stream(request, context):
+                if context.cancelled.is_set():
+                    break
+                events: list[tuple[str, dict[str, Any], str]] = []
+                if chunk.status and chunk.status != status_sent:
+                    status_sent = chunk.status
+                    events.append(("status", {"state": chunk.status}, ""))
+                text = chunk.text
+                if text and already:
+                    overlap = min(len(text), len(already))
+                    if text[:overlap] != already[:overlap]:
+                        raise GenerationLost("The reply was interrupted and its retry wrote different text; "
+                                             "regenerate it.", code="retry_diverged")
+                    text, already = text[overlap:], already[overlap:]
+                if text:
+                    if status_sent != "generating":
+                        status_sent = "generating"
+                        events.append(("status", {"state": "generating"}, ""))
+                    result.first_token_at = result.first_token_at or time.time()
+                    events.append(("delta", {"text": text}, text))
+                if chunk.usage is not None:
+                    result.usage = chunk.usage
+                if chunk.finish_reason:
+                    result.finish_reason = chunk.finish_reason
+                result.meta.update(chunk.meta)
+                if events:
+                    self.ext.replies.append(self.mid, self.token, events)
+            if context.cancelled.is_set():
+                result.state, result.finish_reason = CANCELLED, "cancelled"
+        except FencedOut:
+            log.warning("reply %s: this run lost ownership; stopping its provider", self.mid)
+            self.keeper.stop_generation(self.mid, "fenced")
+            provider.cancel(context)
+            return None
+        except ChatAppError as err:
+            result.state, result.error = FAILED, err.to_dict()["error"]
+            if err.status >= 500:
+                log.warning("reply %s failed: %s (%s)", self.mid, err.code, err.message)
+        except JobTimeoutException:
+            result.state, result.error = FAILED, ProviderTimeout("The reply took longer than the job timeout.",
+                                                                 code="job_timeout").to_dict()["error"]
+        except Exception:
+            log.exception("reply %s: provider %s crashed", self.mid, provider.id)
+            result.state, result.error = FAILED, ChatAppError().to_dict()["error"]
+        result.finished_at = time.time()
+        result.usage = result.usage or Usage()
+        return result
+
+    def finish(self, request: ChatRequest, provider: Provider, result: GenerationResult) -> str:
+        pm = self.ext.pm
+        try:
+            result.cost = pm.hook.price_generation(request=request, result=result, provider=provider)
+        except Exception:
+            log.exception("price_generation failed for %s; recording no cost", self.mid)
+        result.text = self.ext.redis.get(f"{self.ext.prefix}msg:{self.mid}:partial") or ""
+        if not self.ext.replies.finish(self.mid, self.token, result):
+            return "fenced"
+        try:
+            pm.hook.after_generation(request=request, result=result)
+        except Exception:
+            log.exception("after_generation failed for %s", self.mid)
+        return result.state

@@ -1,0 +1,34 @@
+"""The worker process's chatapp state, found by job functions (which take only ids, as RQ wants)."""
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from chatapp.extension import ChatApp
+    from workers.keeper import LeaseKeeper
+
+_lock = threading.Lock()
+_ext: "ChatApp | None" = None
+_keeper: "LeaseKeeper | None" = None
+
+
+def install(ext: "ChatApp", keeper: "LeaseKeeper") -> None:
+    global _ext, _keeper
+    with _lock:
+        _ext, _keeper = ext, keeper
+
+
+def get() -> "tuple[ChatApp, LeaseKeeper]":
+    """The installed state; a plain ``rq worker`` process builds it from the environment once."""
+    global _ext, _keeper
+    with _lock:
+        if _ext is None:
+            from chatapp.app import create_app
+            from workers.keeper import LeaseKeeper
+
+            ext: Any = create_app().extensions["chatapp"]
+            _ext, _keeper = ext, LeaseKeeper(ext)
+            _keeper.start()
+        assert _keeper is not None
+        return _ext, _keeper
