@@ -20,7 +20,6 @@ def create_app(test_config: dict[str, Any] | None = None, *, redis_clients: Redi
 
     app = Flask("chatapp")
     load_config(app, test_config)
-    app.config.setdefault("MAX_CONTENT_LENGTH", 1024 * 1024)
     app.json.sort_keys = False
     logging.getLogger("chatapp").setLevel(app.config.get("LOG_LEVEL", "INFO"))
     ChatApp(app, redis_clients=redis_clients, extra_plugins=extra_plugins)

@@ -21,6 +21,7 @@ DEFAULTS: dict[str, Any] = {
     "DEFAULT_PROVIDER": None,  # None: runpod if configured, else echo
     "DEFAULT_PERSONA": "assistant",
     # limits
+    "MAX_CONTENT_LENGTH": 1024 * 1024,  # any request body (Flask's own setting)
     "MAX_MESSAGE_BYTES": 32 * 1024,
     "MAX_TITLE_CHARS": 200,
     "MAX_TOKENS_LIMIT": 4096,
@@ -39,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     # streams
     "STREAM_TTL_S": 24 * 3600,  # a finished reply's event stream is kept this long for resume
     "FIREHOSE_MAXLEN": 100_000,
+    "RELAY_BLOCK_MS": 2000,  # the relay's XREAD BLOCK; below redis-py's socket timeout
     "WAIT_TIMEOUT_S": 25.0,  # ?wait=true and /chat; below Heroku's 30 s router timeout
     "IDEMPOTENCY_TTL_S": 24 * 3600,
     # websocket

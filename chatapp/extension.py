@@ -50,7 +50,7 @@ class ChatApp:
         self.queue = ReplyQueue(redis_clients.raw, config["QUEUE_NAME"], int(config["JOB_TIMEOUT_S"]))
         self.pm = make_plugin_manager(split_list(config.get("DISABLED_PLUGINS")), extra_plugins)
         self.catalog = Catalog(self.pm, config)
-        self.relay = Relay(self.redis, self.prefix)
+        self.relay = Relay(self.redis, self.prefix, block_ms=int(config["RELAY_BLOCK_MS"]))
         self.chat = ChatService(self)
         app.extensions["chatapp"] = self
 

@@ -126,8 +126,10 @@ class Store:
                     pipe.watch(key)
                     if pipe.hget(key, "user_id") != uid:
                         raise NotFound("No such conversation.", code="conversation_not_found")
+                    now = now_ms()
                     pipe.multi()
-                    pipe.hset(key, mapping={**changes, "updated_at": now_ms()})
+                    pipe.hset(key, mapping={**changes, "updated_at": now})
+                    pipe.zadd(f"{self.p}user:{uid}:convs", {cid: now})
                     pipe.execute()
                     break
                 except redis.WatchError:

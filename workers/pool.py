@@ -36,13 +36,24 @@ class ThreadPoolWorker(SimpleWorker):
         if self.install_signals:
             super()._install_signal_handlers()
 
+    def stop_soon(self) -> None:
+        """Warm stop from any thread (RQ's request_stop is a signal handler for the main thread):
+        the loop exits after its current dequeue wait, then drains running replies."""
+        self._stop_requested = True
+
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         while not self.slots.acquire(timeout=1):
             self.heartbeat()
             if self._stop_requested:
                 return None
         try:
-            result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            while True:
+                # RQ's own loop only returns on a job or an idle limit; wait in short idle rounds so
+                # a stop asked from another thread (stop_soon) is seen within one round.
+                result = super().dequeue_job_and_maintain_ttl(
+                    timeout, max_idle_time if timeout is None else (max_idle_time or self.dequeue_timeout))
+                if result is not None or timeout is None or max_idle_time or self._stop_requested:
+                    break
         except BaseException:
             self.slots.release()
             raise

@@ -5,10 +5,10 @@ import logging
 from typing import Any
 
 import redis
-from flask import Flask, jsonify, request
+from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from chatapp.errors import ChatAppError, InvalidRequest, Unavailable
+from chatapp.errors import ChatAppError, InvalidRequest, TooLarge, Unavailable
 
 log = logging.getLogger("chatapp.api")
 
@@ -28,6 +28,9 @@ def error_response(err: ChatAppError) -> Any:
 
 def json_body() -> dict[str, Any]:
     """The request's JSON object; a clear 400 for anything else (empty body means {})."""
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if limit and (request.content_length or 0) > limit:
+        raise TooLarge(f"The request body is larger than {limit} bytes.", details={"limit_bytes": limit})
     if not request.get_data(cache=True):
         return {}
     data = request.get_json(silent=True)

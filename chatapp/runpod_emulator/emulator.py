@@ -152,7 +152,8 @@ class Emulator:
         with self.lock:
             if not self._pools[job.endpoint_id].retry(job, time.monotonic()):
                 raise NotRetryable(f"job is {job.status}; only FAILED or TIMED_OUT jobs retry")
-            return {"id": job.id, "status": job.status}
+            # Like /run, RunPod answers IN_QUEUE even if a warm worker took the job already.
+            return {"id": job.id, "status": "IN_QUEUE"}
 
     def purge_queue(self, endpoint_id: str) -> dict[str, Any]:
         with self.lock:

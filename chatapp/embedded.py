@@ -1,0 +1,172 @@
+"""The embedded default: one process with Redis, a worker and a provider, for a machine that has
+only Python (``python -m chatapp``).
+
+Redis: ``REDIS_URL`` if set; else a ``redis-server`` from PATH with its data in
+``CHATAPP_DATA_DIR`` (kept across restarts); else fakeredis in memory (lost on exit). Provider:
+RunPod or OpenAI when configured; else the bundled RunPod emulator through the RunPod provider.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from chatapp.redis_client import RedisClients, connect, connect_fake
+
+log = logging.getLogger("chatapp.embedded")
+
+
+@dataclass
+class EmbeddedRedis:
+    clients: RedisClients
+    description: str
+    durable: bool
+    stop: Callable[[], None] = lambda: None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def start_redis_server(binary: str, data_dir: str) -> tuple[str, subprocess.Popen]:
+    """A private redis-server on a free loopback port, AOF everysec in ``data_dir``."""
+    os.makedirs(data_dir, exist_ok=True)
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", os.path.abspath(data_dir),
+         "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--maxmemory-policy", "noeviction",
+         "--logfile", "redis.log"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    import redis
+
+    probe = redis.Redis.from_url(url)
+    for _ in range(100):
+        try:
+            probe.ping()
+            return url, proc
+        except redis.ConnectionError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited; see {data_dir}/redis.log") from None
+            time.sleep(0.05)
+    proc.terminate()
+    raise RuntimeError("redis-server did not start within 5 s")
+
+
+def embedded_redis(data_dir: str) -> EmbeddedRedis:
+    url = os.environ.get("REDIS_URL")
+    if url:
+        return EmbeddedRedis(connect(url), "Redis at REDIS_URL", durable=True)
+    binary = shutil.which("redis-server")
+    if binary:
+        url, proc = start_redis_server(binary, data_dir)
+
+        def stop() -> None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+        atexit.register(stop)
+        return EmbeddedRedis(connect(url), f"a private redis-server ({url}), data in {os.path.abspath(data_dir)}",
+                             durable=True, stop=stop)
+    import fakeredis
+
+    return EmbeddedRedis(connect_fake(fakeredis.FakeServer()), "in-memory fakeredis (no redis-server on PATH)",
+                         durable=False)
+
+
+def provider_config() -> tuple[dict[str, Any], Callable[[], None], str]:
+    """Settings that point the RunPod provider at a bundled emulator unless a real provider is set."""
+    if os.environ.get("RUNPOD_ENDPOINT_ID") or os.environ.get("RUNPOD_ENDPOINTS") or os.environ.get("OPENAI_BASE_URL"):
+        return {}, lambda: None, "the configured provider"
+    try:
+        from chatapp.runpod_emulator import EmulatorConfig, EmulatorServer
+    except ImportError:
+        return {"DEFAULT_PROVIDER": "echo"}, lambda: None, "the offline echo provider"
+    import secrets
+
+    key = secrets.token_urlsafe(16)
+    server = EmulatorServer(EmulatorConfig(), host="127.0.0.1", port=0, api_key=key)
+    server.start()
+    config = {"RUNPOD_API_KEY": key, "RUNPOD_ENDPOINT_ID": "local-emulator", "RUNPOD_BASE_URL": server.base_url,
+              "RUNPOD_GPU": "L4"}
+    return config, server.stop, f"the bundled RunPod emulator at {server.base_url} (not a language model)"
+
+
+def start_worker(ext: Any, concurrency: int) -> Callable[[], None]:
+    """The in-process worker: a pooled RQ worker in a thread, plus its lease keeper."""
+    from workers import runtime
+    from workers.keeper import LeaseKeeper
+    from workers.pool import ThreadPoolWorker
+
+    keeper = LeaseKeeper(ext)
+    runtime.install(ext, keeper)
+    keeper.start()
+    worker = ThreadPoolWorker([ext.config["QUEUE_NAME"]], connection=ext.clients.raw, concurrency=concurrency,
+                              install_signals=False, worker_ttl=16)
+    thread = threading.Thread(target=worker.work, kwargs={"logging_level": "WARNING"}, name="chatapp-worker",
+                              daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        worker.stop_soon()
+        thread.join(timeout=10)
+        keeper.stop()
+
+    return stop
+
+
+def demo_key(ext: Any, name: str = "demo") -> str:
+    """A fresh key for the local demo user (keys are stored hashed, so old ones cannot be shown)."""
+    user = ext.users.by_name(name)
+    if user is None:
+        return ext.users.create(name, admin=True)[1]
+    return ext.users.new_key(user.id)
+
+
+def serve(host: str, port: int) -> None:
+    """Run the all-in-one app until interrupted."""
+    from werkzeug.serving import make_server
+
+    from chatapp.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    data_dir = os.environ.get("CHATAPP_DATA_DIR", ".chatapp-data")
+    store = embedded_redis(data_dir)
+    provider_settings, stop_emulator, provider_text = provider_config()
+    app = create_app(provider_settings, redis_clients=store.clients)
+    ext = app.extensions["chatapp"]
+    stop_worker = start_worker(ext, int(app.config["WORKER_CONCURRENCY"]))
+    key = demo_key(ext)
+    server = make_server(host, port, app, threaded=True)
+    url = f"http://{host}:{server.server_port}"
+    log.info("storage: %s", store.description)
+    log.info("data %s", "survives a restart" if store.durable else "is LOST when this process exits")
+    log.info("provider: %s (default provider: %s)", provider_text, ext.catalog.default_provider)
+    print(f"\nchatapp is running at {url}\n"
+          f"  web page (signs in the demo user): {url}/#key={key}\n"
+          f"  API key of the local demo user:    {key}\n"
+          f"  try: curl -s -X POST {url}/api/v1/chat -H 'Authorization: Bearer {key}' "
+          f"-H 'Content-Type: application/json' -d '{{\"message\": \"Hello!\"}}'\n", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        stop_worker()
+        stop_emulator()
+        store.stop()
