@@ -35,7 +35,7 @@ class EchoProvider(Provider):
     def stream(self, request: ChatRequest, context: GenerationContext) -> Iterator[Chunk]:
         yield Chunk(status="generating")
         max_tokens = int(request.params.get("max_tokens") or 10_000)
-        delay = float(request.params.get("echo_delay_s", self.delay_s))
+        delay = self.delay_s
         out = 0
         finish = "stop"
         for piece in pieces(echo_text(request)):

@@ -1,0 +1,45 @@
+"""A test plugin that records every hook call it sees, and can be told to refuse or answer."""
+from __future__ import annotations
+
+from typing import Any
+
+from chatapp import hookimpl
+from chatapp.errors import BudgetExhausted
+from chatapp.models import CachedReply, Cost, Usage
+
+calls: list[tuple[str, Any]] = []
+settings: dict[str, Any] = {}
+
+
+def reset() -> None:
+    calls.clear()
+    settings.clear()
+
+
+@hookimpl
+def before_generation(request):
+    calls.append(("before_generation", request.message_id))
+    if settings.get("refuse"):
+        raise BudgetExhausted("Budget used up for today.", details={"remaining_usd": 0})
+
+
+@hookimpl
+def get_cached_reply(request):
+    calls.append(("get_cached_reply", request.message_id))
+    text = settings.get("cached", {}).get(request.prompt_text)
+    if text:
+        return CachedReply(text=text, usage=Usage(3, 2), cost_saved_micros=1234)
+    return None
+
+
+@hookimpl
+def price_generation(request, result):
+    calls.append(("price_generation", request.message_id))
+    if "price_micros" in settings:
+        return Cost(settings["price_micros"], {"source": "recorder"})
+    return None
+
+
+@hookimpl
+def after_generation(request, result):
+    calls.append(("after_generation", (request.message_id, result.state, result.text, result.cached)))

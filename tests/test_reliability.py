@@ -1,0 +1,159 @@
+"""At-least-once jobs, fenced writes, leases and the reaper (DESIGN.md section 8)."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from chatapp.replies import FencedOut
+from tests.conftest import InThreadWorker, make_app
+from tests.plugins import recorder
+from workers import runtime
+from workers.jobs import generate_reply
+from workers.keeper import LeaseKeeper
+
+TEXT = "Echo (assistant): one two three four five"
+
+
+@pytest.fixture()
+def rec_app(app_config):
+    recorder.reset()
+    application = make_app(app_config, extra_plugins=(recorder,))
+    yield application
+    application.extensions["chatapp"].relay.stop()
+    application.extensions["chatapp"].clients.close()
+
+
+@pytest.fixture()
+def rext(rec_app):
+    return rec_app.extensions["chatapp"]
+
+
+@pytest.fixture()
+def worker(rext):
+    w = InThreadWorker(rext)
+    yield w
+    w.stop()
+
+
+def queued_reply(ext, content="one two three four five"):
+    user = ext.users.create(f"u{time.monotonic_ns()}")[0]
+    accepted = ext.chat.send(user, conversation_id=None, content=content)
+    return user, accepted
+
+
+def events(ext, mid):
+    return [(int(i.split("-")[1]), f["t"]) for i, f in ext.redis.xrange(f"{ext.prefix}ev:{mid}")]
+
+
+def record(ext, mid):
+    return ext.redis.hgetall(f"{ext.prefix}msg:{mid}")
+
+
+def after_calls(mid):
+    return [c for c in recorder.calls if c[0] == "after_generation" and c[1][0] == mid]
+
+
+def test_job_run_twice_concurrently_finishes_once(rext):
+    runtime.install(rext, LeaseKeeper(rext))
+    _, acc = queued_reply(rext)
+    outcomes = []
+    threads = [threading.Thread(target=lambda: outcomes.append(generate_reply(acc.message_id))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(outcomes) in (["busy", "done"], ["done", "finished"])
+    rec = record(rext, acc.message_id)
+    assert rec["state"] == "done" and rec["content"] == TEXT
+    seqs = [s for s, _ in events(rext, acc.message_id)]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert len(after_calls(acc.message_id)) == 1
+    assert generate_reply(acc.message_id) == "finished"  # a late duplicate changes nothing
+    assert len(after_calls(acc.message_id)) == 1
+    conv = rext.redis.hgetall(f"{rext.prefix}conv:{acc.conversation_id}")
+    assert conv["message_count"] == "2"
+
+
+def test_orphaned_run_is_fenced_out(rext, worker):
+    _, acc = queued_reply(rext)
+    mid = acc.message_id
+    rext.redis.lpop(f"rq:queue:{rext.config['QUEUE_NAME']}")  # pretend RQ lost the first job
+    claim = rext.replies.claim(mid, "orphan-token")
+    assert claim.status == "ok" and claim.attempt == 1
+    rext.replies.append(mid, "orphan-token", [("delta", {"text": "Echo"}, "Echo")])
+    # the orphan stops renewing: within lease + reaper time another run takes over and finishes
+    assert rext.relay.wait(mid, 15)["type"] == "done"
+    with pytest.raises(FencedOut):
+        rext.replies.append(mid, "orphan-token", [("delta", {"text": " again"}, " again")])
+    rec = record(rext, mid)
+    assert rec["content"] == TEXT and rec["attempt"] == "2"
+    texts = "".join(f["d"] for i, f in rext.redis.xrange(f"{rext.prefix}ev:{mid}") if f["t"] == "delta")
+    assert texts.count("Echo") == 1
+
+
+def test_retry_resumes_without_repeating_delivered_text(rext, worker):
+    _, acc = queued_reply(rext)
+    mid = acc.message_id
+    rext.redis.lpop(f"rq:queue:{rext.config['QUEUE_NAME']}")
+    rext.replies.claim(mid, "dead-worker")
+    rext.replies.append(mid, "dead-worker", [("delta", {"text": "Echo (assi"}, "Echo (assi")])
+    final = rext.relay.wait(mid, 15)
+    assert final["type"] == "done" and final["finish_reason"] == "stop"
+    rec = record(rext, mid)
+    assert rec["content"] == TEXT
+    deltas = [f for _, f in rext.redis.xrange(f"{rext.prefix}ev:{mid}") if f["t"] == "delta"]
+    assert deltas[0]["d"] == '{"text":"Echo (assi"}' and len(after_calls(mid)) == 1
+
+
+def test_retry_that_diverges_fails_clearly(rext, worker):
+    _, acc = queued_reply(rext)
+    mid = acc.message_id
+    rext.redis.lpop(f"rq:queue:{rext.config['QUEUE_NAME']}")
+    rext.replies.claim(mid, "dead-worker")
+    rext.replies.append(mid, "dead-worker", [("delta", {"text": "Something else"}, "Something else")])
+    final = rext.relay.wait(mid, 15)
+    assert final["type"] == "error" and final["code"] == "retry_diverged"
+    rec = record(rext, mid)
+    assert rec["state"] == "failed" and rec["content"] == "Something else"
+
+
+def test_attempts_exhausted_fails_with_worker_lost(rext):
+    rext.config["MAX_ATTEMPTS"] = 1
+    rext.replies.max_attempts = 1
+    keeper = LeaseKeeper(rext)
+    runtime.install(rext, keeper)
+    keeper.start()
+    try:
+        _, acc = queued_reply(rext)
+        rext.replies.claim(acc.message_id, "dies")
+        final = rext.relay.wait(acc.message_id, 10)
+    finally:
+        keeper.stop()
+    assert final["type"] == "error" and final["code"] == "worker_lost"
+    assert record(rext, acc.message_id)["state"] == "failed"
+
+
+def test_lost_queued_job_is_enqueued_again(rext, worker):
+    worker.stop()  # stop consuming so we can lose the job
+    _, acc = queued_reply(rext)
+    rext.redis.delete(f"rq:queue:{rext.config['QUEUE_NAME']}")
+    rext.redis.delete(f"rq:job:{rext.queue.first_job_id(acc.message_id)}")
+    w = InThreadWorker(rext)
+    try:
+        final = rext.relay.wait(acc.message_id, 15)  # queue grace (2 s) + reaper
+    finally:
+        w.stop()
+    assert final and final["type"] == "done" and record(rext, acc.message_id)["content"] == TEXT
+
+
+def test_cancel_between_attempts_ends_it(rext):
+    _, acc = queued_reply(rext)
+    rext.replies.claim(acc.message_id, "t1")
+    rext.replies.append(acc.message_id, "t1", [("delta", {"text": "Echo"}, "Echo")])
+    rext.redis.hset(f"{rext.prefix}msg:{acc.message_id}", "owner", "")  # as the reaper leaves it
+    uid = record(rext, acc.message_id)["user_id"]
+    assert rext.replies.cancel(uid, acc.message_id) == "cancelled"
+    rec = record(rext, acc.message_id)
+    assert rec["state"] == "cancelled" and rec["content"] == "Echo"
