@@ -64,10 +64,14 @@ def start_redis_server(binary: str, data_dir: str) -> tuple[str, subprocess.Pope
 
 
 def embedded_redis(data_dir: str) -> EmbeddedRedis:
+    """``CHATAPP_EMBEDDED_REDIS`` = auto (default), server (require redis-server) or memory (fakeredis)."""
     url = os.environ.get("REDIS_URL")
     if url:
         return EmbeddedRedis(connect(url), "Redis at REDIS_URL", durable=True)
-    binary = shutil.which("redis-server")
+    choice = os.environ.get("CHATAPP_EMBEDDED_REDIS", "auto")
+    binary = shutil.which("redis-server") if choice in ("auto", "server") else None
+    if choice == "server" and not binary:
+        raise RuntimeError("CHATAPP_EMBEDDED_REDIS=server but no redis-server is on PATH")
     if binary:
         url, proc = start_redis_server(binary, data_dir)
 
