@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='per-endpoint overrides, e.g. {"slow": {"cold_start_s": 3}}')
     p.add_argument("--strict-endpoints", action="store_true",
                    help="serve only endpoint ids named in --endpoints (others: 404)")
+    p.add_argument("--no-access-log", action="store_true",
+                   help="do not log one line per request")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -79,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.no_access_log:
+        logging.getLogger("chatapp.runpod_emulator.access").setLevel(logging.DEBUG)
     config = config_from_args(args)
     api_key = args.api_key or os.environ.get("RUNPOD_API_KEY") or None
     server = EmulatorServer(config, host=args.host, port=args.port, api_key=api_key)

@@ -239,5 +239,5 @@ def _relay_sse(emulator: Emulator, job: Job) -> Iterator[str]:
                          "type": "InternalServerError", "code": 500}
                 yield f"data: {json.dumps({'error': error})}\n\n"
             return
-        if job.deleted:
+        if job.deleted or emulator.closed:
             return

@@ -54,22 +54,48 @@ def micro_usd(seconds: int, price_per_s: float) -> int:
 
 
 class Ledger:
-    """Worker sessions and job charges of one endpoint. Used with the emulator lock held."""
+    """Worker sessions and job charges of one endpoint. Used with the emulator lock held.
 
-    def __init__(self, price_per_s: float) -> None:
+    A long-running emulator must not grow without bound: past `max_rows`, the oldest closed
+    sessions and job rows are folded into ``archived`` totals (the bill's total stays exact).
+    """
+
+    def __init__(self, price_per_s: float, max_rows: int = 10_000) -> None:
         self.price_per_s = price_per_s
+        self.max_rows = max_rows
         self.sessions: list[WorkerSession] = []
         self.charges: list[JobCharge] = []
+        self.archived = {"sessions": 0, "jobs": 0, "billed_seconds": 0, "micro_usd": 0}
         # Monotonic and wall clocks sampled together, to print monotonic times as ISO dates.
         self._mono0, self._wall0 = time.monotonic(), time.time()
 
     def open_session(self, worker_id: str, start: float, cold_start_s: float) -> WorkerSession:
         session = WorkerSession(worker_id, start, cold_start_s)
         self.sessions.append(session)
+        if len(self.sessions) > self.max_rows:
+            self._archive_sessions()
         return session
 
     def add_charge(self, charge: JobCharge) -> None:
         self.charges.append(charge)
+        if len(self.charges) > self.max_rows:
+            keep = self.max_rows // 2
+            self.archived["jobs"] += len(self.charges) - keep
+            self.charges = self.charges[-keep:]
+
+    def _archive_sessions(self) -> None:
+        excess = len(self.sessions) - self.max_rows // 2
+        kept: list[WorkerSession] = []
+        for s in self.sessions:
+            if excess > 0 and s.stop is not None:
+                seconds = billed_seconds(s.stop - s.start)
+                self.archived["sessions"] += 1
+                self.archived["billed_seconds"] += seconds
+                self.archived["micro_usd"] += micro_usd(seconds, self.price_per_s)
+                excess -= 1
+            else:
+                kept.append(s)
+        self.sessions = kept
 
     def _iso(self, mono: float) -> str:
         wall = self._wall0 + (mono - self._mono0)
@@ -103,14 +129,16 @@ class Ledger:
         """The bill so far. ``settle`` bills idle workers as if their idle timeout had run out;
         workers still booting or running are billed up to `now` and marked ``final: false``."""
         workers = [self._session_row(s, now, settle) for s in self.sessions]
-        total = sum(w["micro_usd"] for w in workers)
+        total = sum(w["micro_usd"] for w in workers) + self.archived["micro_usd"]
         return {
             "price_per_s": self.price_per_s,
             "currency": "USD",
             "total_micro_usd": total,
             "total_usd": total / 1_000_000,
-            "billed_seconds": sum(w["billed_seconds"] for w in workers),
+            "billed_seconds": sum(w["billed_seconds"] for w in workers)
+            + self.archived["billed_seconds"],
             "complete": all(w["final"] for w in workers),
+            "archived": dict(self.archived),
             "workers": workers,
             "jobs": [
                 {"job_id": c.job_id, "worker_id": c.worker_id, "status": c.status,

@@ -53,6 +53,10 @@ class Emulator:
         self._closed = False
         self._closing = threading.Event()  # interrupts webhook retry back-off on close
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     # -- lookup ------------------------------------------------------------------------------
 
     def pool(self, endpoint_id: str) -> EndpointPool | None:

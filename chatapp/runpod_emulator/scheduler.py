@@ -18,16 +18,23 @@ log = logging.getLogger(__name__)
 class Handle:
     """A scheduled event; ``cancel()`` it to make it a no-op."""
 
-    __slots__ = ("when", "fn", "args", "cancelled")
+    __slots__ = ("when", "fn", "args", "cancelled", "_owner")
 
-    def __init__(self, when: float, fn: Callable[..., Any], args: tuple) -> None:
+    def __init__(self, when: float, fn: Callable[..., Any], args: tuple,
+                 owner: "Scheduler") -> None:
         self.when = when
-        self.fn = fn
+        self.fn: Callable[..., Any] | None = fn
         self.args = args
         self.cancelled = False
+        self._owner = owner
 
     def cancel(self) -> None:
-        self.cancelled = True
+        """Make the event a no-op and drop its references (a job's 24 h ttl timer must not
+        keep the job's output alive after the job is gone)."""
+        if not self.cancelled:
+            self.cancelled = True
+            self.fn, self.args = None, ()
+            self._owner._note_cancelled()
 
 
 class Scheduler:
@@ -44,17 +51,28 @@ class Scheduler:
         self._heap: list[tuple[float, int, Handle]] = []
         self._counter = itertools.count()
         self._stopped = False
+        self._cancelled = 0  # cancelled entries still in the heap
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def call_at(self, when: float, fn: Callable[..., Any], *args: Any) -> Handle:
         """Schedule `fn` for monotonic time `when`; callable with or without the state lock."""
-        handle = Handle(when, fn, args)
+        handle = Handle(when, fn, args, self)
         with self._cond:
             heapq.heappush(self._heap, (when, next(self._counter), handle))
             if self._heap[0][2] is handle:
                 self._cond.notify()
         return handle
+
+    def _note_cancelled(self) -> None:
+        # Compact when cancelled entries dominate, so far-future dead timers cannot pile up.
+        with self._cond:
+            self._cancelled += 1
+            if self._cancelled > 1024 and self._cancelled * 2 > len(self._heap):
+                self._heap = [entry for entry in self._heap if not entry[2].cancelled]
+                heapq.heapify(self._heap)
+                self._cancelled = 0
+                self._cond.notify()
 
     def stop(self) -> None:
         """Stop the thread; pending events never run."""
@@ -73,6 +91,7 @@ class Scheduler:
                 when, _, handle = self._heap[0]
                 if handle.cancelled:
                     heapq.heappop(self._heap)
+                    self._cancelled = max(0, self._cancelled - 1)
                     continue
                 delay = when - time.monotonic()
                 if delay <= 0:
@@ -88,9 +107,12 @@ class Scheduler:
                 return
             with self._state_lock:
                 # Checked again under the state lock: a cancel may have raced the pop.
-                if handle.cancelled:
+                fn, args = handle.fn, handle.args
+                if handle.cancelled or fn is None:
                     continue
+                handle.cancelled = True  # done: a later cancel() is then a no-op
+                handle.fn, handle.args = None, ()
                 try:
-                    handle.fn(handle.when, *handle.args)
+                    fn(handle.when, *args)
                 except Exception:  # one bad event must not kill the simulation
-                    log.exception("emulator event %s failed", getattr(handle.fn, "__name__", "?"))
+                    log.exception("emulator event %s failed", getattr(fn, "__name__", "?"))

@@ -21,10 +21,13 @@ class _Server(ThreadedWSGIServer):
 
 
 class _Handler(WSGIRequestHandler):
-    """Access lines go to our logger (method, path, status): never headers, so never the key."""
+    """Access lines go to our logger (method, path, status): never headers, so never the key.
+
+    They are DEBUG so an embedding app is not flooded by pollers; the CLI turns them on.
+    """
 
     def log_request(self, code: Any = "-", size: Any = "-") -> None:
-        access_log.info("%s %s %s", self.command, self.path, getattr(code, "value", code))
+        access_log.debug("%s %s %s", self.command, self.path, getattr(code, "value", code))
 
     def log_error(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         access_log.debug(format, *args)
