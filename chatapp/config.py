@@ -14,10 +14,13 @@ from flask import Flask
 DEFAULTS: dict[str, Any] = {
     # Redis: None means "embedded" (python -m chatapp starts one); the web app then refuses to run.
     "REDIS_URL": None,
+    "PROCESS_ROLE": "web",  # "worker" in python -m workers
     "KEY_PREFIX": "chatapp:",
-    "REDIS_MAX_CONNECTIONS": 20,  # per process and per client; the pool blocks, never raises
+    "REDIS_MAX_CONNECTIONS": 6,  # web process pool (+ a third for RQ); the pool blocks, never raises
+    "WORKER_REDIS_MAX_CONNECTIONS": 32,  # the same, in a worker process running many replies
     # plugins
     "DISABLED_PLUGINS": "",  # comma-separated plugin names
+    "PLUGINS": "",  # comma-separated extra plugin modules to import (dotted names)
     "DEFAULT_PROVIDER": None,  # None: runpod if configured, else echo
     "DEFAULT_PERSONA": "assistant",
     # limits

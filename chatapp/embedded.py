@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from chatapp.config import DEFAULTS
 from chatapp.redis_client import RedisClients, connect, connect_fake
 
 log = logging.getLogger("chatapp.embedded")
@@ -25,7 +26,10 @@ log = logging.getLogger("chatapp.embedded")
 
 @dataclass
 class EmbeddedRedis:
-    clients: RedisClients
+    """How to reach the embedded Redis: ``connect(max_connections)`` gives a fresh set of clients,
+    so the in-process worker has its own pools (its blocking dequeue must not starve the web)."""
+
+    connect: Callable[[int], RedisClients]
     description: str
     durable: bool
     stop: Callable[[], None] = lambda: None
@@ -67,7 +71,7 @@ def embedded_redis(data_dir: str) -> EmbeddedRedis:
     """``CHATAPP_EMBEDDED_REDIS`` = auto (default), server (require redis-server) or memory (fakeredis)."""
     url = os.environ.get("REDIS_URL")
     if url:
-        return EmbeddedRedis(connect(url), "Redis at REDIS_URL", durable=True)
+        return EmbeddedRedis(lambda size: connect(url, size), "Redis at REDIS_URL", durable=True)
     choice = os.environ.get("CHATAPP_EMBEDDED_REDIS", "auto")
     binary = shutil.which("redis-server") if choice in ("auto", "server") else None
     if choice == "server" and not binary:
@@ -83,11 +87,13 @@ def embedded_redis(data_dir: str) -> EmbeddedRedis:
                 proc.kill()
 
         atexit.register(stop)
-        return EmbeddedRedis(connect(url), f"a private redis-server ({url}), data in {os.path.abspath(data_dir)}",
+        return EmbeddedRedis(lambda size: connect(url, size),
+                             f"a private redis-server ({url}), data in {os.path.abspath(data_dir)}",
                              durable=True, stop=stop)
     import fakeredis
 
-    return EmbeddedRedis(connect_fake(fakeredis.FakeServer()), "in-memory fakeredis (no redis-server on PATH)",
+    server = fakeredis.FakeServer()
+    return EmbeddedRedis(lambda size: connect_fake(server), "in-memory fakeredis (no redis-server on PATH)",
                          durable=False)
 
 
@@ -110,7 +116,8 @@ def provider_config() -> tuple[dict[str, Any], Callable[[], None], str]:
 
 
 def start_worker(ext: Any, concurrency: int) -> Callable[[], None]:
-    """The in-process worker: a pooled RQ worker in a thread, plus its lease keeper."""
+    """The in-process worker: a pooled RQ worker in a thread, plus its lease keeper. ``ext`` is
+    the worker's own app state (its own Redis pools), as in a separate worker process."""
     from workers import runtime
     from workers.keeper import LeaseKeeper
     from workers.pool import ThreadPoolWorker
@@ -151,9 +158,11 @@ def serve(host: str, port: int) -> None:
     data_dir = os.environ.get("CHATAPP_DATA_DIR", ".chatapp-data")
     store = embedded_redis(data_dir)
     provider_settings, stop_emulator, provider_text = provider_config()
-    app = create_app(provider_settings, redis_clients=store.clients)
+    app = create_app(provider_settings, redis_clients=store.connect(int(DEFAULTS["REDIS_MAX_CONNECTIONS"])))
     ext = app.extensions["chatapp"]
-    stop_worker = start_worker(ext, int(app.config["WORKER_CONCURRENCY"]))
+    worker_app = create_app({**provider_settings, "PROCESS_ROLE": "worker"},
+                            redis_clients=store.connect(int(app.config["WORKER_REDIS_MAX_CONNECTIONS"])))
+    stop_worker = start_worker(worker_app.extensions["chatapp"], int(app.config["WORKER_CONCURRENCY"]))
     key = demo_key(ext)
     server = make_server(host, port, app, threaded=True)
     url = f"http://{host}:{server.server_port}"

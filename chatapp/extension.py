@@ -38,7 +38,10 @@ class ChatApp:
                 raise RuntimeError(
                     "REDIS_URL is not set. Set it to your Redis (redis:// or rediss://), or run the "
                     "all-in-one embedded app with `python -m chatapp`.")
-            redis_clients = connect(url, int(config["REDIS_MAX_CONNECTIONS"]),
+            # a worker runs many replies at once, each appending events: it gets a larger pool
+            pool_size = config["WORKER_REDIS_MAX_CONNECTIONS" if config.get("PROCESS_ROLE") == "worker"
+                               else "REDIS_MAX_CONNECTIONS"]
+            redis_clients = connect(url, int(pool_size),
                                     verify_tls=bool(config.get("REDIS_TLS_VERIFY", False)))
         self.clients = redis_clients
         self.redis = redis_clients.text
@@ -48,7 +51,8 @@ class ChatApp:
         self.replies = Replies(self.redis, self.scripts, self.prefix, config)
         self.users = Users(self.redis, self.prefix)
         self.queue = ReplyQueue(redis_clients.raw, config["QUEUE_NAME"], int(config["JOB_TIMEOUT_S"]))
-        self.pm = make_plugin_manager(split_list(config.get("DISABLED_PLUGINS")), extra_plugins)
+        self.pm = make_plugin_manager(split_list(config.get("DISABLED_PLUGINS")), extra_plugins,
+                                      split_list(config.get("PLUGINS")))
         self.catalog = Catalog(self.pm, config)
         self.relay = Relay(self.redis, self.prefix, block_ms=int(config["RELAY_BLOCK_MS"]))
         self.chat = ChatService(self)

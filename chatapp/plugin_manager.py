@@ -13,8 +13,13 @@ from chatapp import hookspecs
 log = logging.getLogger(__name__)
 
 
-def make_plugin_manager(disabled: Iterable[str] = (), extra_plugins: Iterable[Any] = ()) -> pluggy.PluginManager:
-    """A fresh manager per app, so tests and processes never share registrations."""
+def make_plugin_manager(disabled: Iterable[str] = (), extra_plugins: Iterable[Any] = (),
+                        modules: Iterable[str] = ()) -> pluggy.PluginManager:
+    """A fresh manager per app, so tests and processes never share registrations.
+
+    ``modules`` are extra plugin modules to import by dotted name (``CHATAPP_PLUGINS``), for
+    operators who keep a plugin in their deployment instead of a package.
+    """
     from plugins import DEFAULT_PLUGINS
 
     pm = pluggy.PluginManager(hookspecs.PROJECT)
@@ -26,6 +31,9 @@ def make_plugin_manager(disabled: Iterable[str] = (), extra_plugins: Iterable[An
         if module_name not in blocked:
             pm.register(importlib.import_module(module_name), name=module_name)
     pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+    for module_name in modules:
+        if module_name not in blocked and pm.get_plugin(module_name) is None:
+            pm.register(importlib.import_module(module_name), name=module_name)
     for plugin in extra_plugins:
         name = getattr(plugin, "__name__", None)
         if name not in blocked:

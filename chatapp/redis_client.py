@@ -6,6 +6,7 @@ when every connection is busy.
 """
 from __future__ import annotations
 
+import os
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,8 @@ def _pool(url: str, max_connections: int, decode: bool, verify_tls: bool) -> red
         "socket_timeout": SOCKET_TIMEOUT_S,
         "socket_connect_timeout": 5,
         "health_check_interval": 30,
+        # names our connections in CLIENT LIST, so operators (and bench/) can count them per process
+        "client_name": f"chatapp-{os.getpid()}",
     }
     if url.startswith("rediss://") and not verify_tls:
         # Heroku Redis presents a self-signed certificate.
@@ -45,11 +48,16 @@ def _pool(url: str, max_connections: int, decode: bool, verify_tls: bool) -> red
     return redis.BlockingConnectionPool.from_url(url, **kwargs)
 
 
-def connect(url: str, max_connections: int = 20, verify_tls: bool = False) -> RedisClients:
-    """Clients for a Redis server at ``url`` (redis://, rediss:// or unix://)."""
+def connect(url: str, max_connections: int = 6, verify_tls: bool = False) -> RedisClients:
+    """Clients for a Redis server at ``url`` (redis://, rediss:// or unix://).
+
+    ``max_connections`` bounds the text pool (one of them is the relay's blocking reader); RQ's
+    raw pool gets a third of it. Commands take well under a millisecond, so a handful of
+    connections serve hundreds of sockets; greenlets wait for a free one instead of opening more.
+    """
     return RedisClients(
         text=redis.Redis(connection_pool=_pool(url, max_connections, True, verify_tls)),
-        raw=redis.Redis(connection_pool=_pool(url, max_connections, False, verify_tls)),
+        raw=redis.Redis(connection_pool=_pool(url, max(2, max_connections // 3), False, verify_tls)),
     )
 
 

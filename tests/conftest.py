@@ -27,6 +27,8 @@ FAST = {
     "QUEUE_GRACE_S": 2.0,
     "WAIT_TIMEOUT_S": 10.0,
     "RELAY_BLOCK_MS": 200,
+    # tests run the worker on the web app's own clients (production gives it its own process)
+    "REDIS_MAX_CONNECTIONS": 30,
 }
 
 

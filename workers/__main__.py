@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app()
+    app = create_app({"PROCESS_ROLE": "worker"})
     ext = app.extensions["chatapp"]
     keeper = LeaseKeeper(ext)
     runtime.install(ext, keeper)

@@ -27,7 +27,7 @@ def get() -> "tuple[ChatApp, LeaseKeeper]":
             from chatapp.app import create_app
             from workers.keeper import LeaseKeeper
 
-            ext: Any = create_app().extensions["chatapp"]
+            ext: Any = create_app({"PROCESS_ROLE": "worker"}).extensions["chatapp"]
             _ext, _keeper = ext, LeaseKeeper(ext)
             _keeper.start()
         assert _keeper is not None

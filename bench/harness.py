@@ -1,0 +1,124 @@
+"""Shared benchmark plumbing: a private redis-server, the Procfile's processes, and stats."""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import redis
+import requests
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"n": len(values), "p50": percentile(values, 50), "p90": percentile(values, 90),
+            "p99": percentile(values, 99), "max": max(values) if values else float("nan"),
+            "mean": statistics.fmean(values) if values else float("nan")}
+
+
+def machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine()}
+
+
+class Stack:
+    """redis-server + gunicorn web + ``python -m workers``, all on loopback, torn down at exit."""
+
+    def __init__(self, env: dict[str, str] | None = None, web_workers: int = 1, worker_concurrency: int = 100,
+                 start_worker: bool = True) -> None:
+        self.dir = tempfile.mkdtemp(prefix="chatapp-bench-")
+        self.redis_port, self.web_port = free_port(), free_port()
+        self.procs: list[subprocess.Popen] = []
+        redis_bin = shutil.which("redis-server")
+        if not redis_bin:
+            raise SystemExit("bench needs redis-server on PATH")
+        self._spawn([redis_bin, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", self.dir,
+                     "--save", "", "--appendonly", "no"], "redis")
+        self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+        self.redis = redis.Redis.from_url(self.redis_url, decode_responses=True)
+        self._wait(lambda: self.redis.ping())
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATAPP_", "RUNPOD_", "OPENAI_"))}
+        self.env.update({"REDIS_URL": self.redis_url, "PORT": str(self.web_port), "WEB_CONCURRENCY": str(web_workers),
+                         "PATH": BIN + os.pathsep + os.environ.get("PATH", ""), "PYTHONUNBUFFERED": "1"})
+        self.env.update(env or {})
+        self.web = self._spawn([os.path.join(BIN, "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app",
+                                "--access-logfile", "/dev/null"], "web")
+        self.worker = None
+        if start_worker:
+            self.worker = self._spawn([sys.executable, "-m", "workers", "--concurrency", str(worker_concurrency)],
+                                      "worker")
+        self.url = f"http://127.0.0.1:{self.web_port}"
+        self.ws_url = f"ws://127.0.0.1:{self.web_port}/ws"
+        self._wait(lambda: requests.get(self.url + "/healthz", timeout=1).raise_for_status())
+        out = subprocess.run([os.path.join(BIN, "flask"), "--app", "wsgi", "users", "create", "bench"], cwd=ROOT,
+                             env=self.env, capture_output=True, text=True, check=True)
+        self.key = out.stdout.strip().splitlines()[-1]
+
+    def _spawn(self, args: list[str], name: str) -> subprocess.Popen:
+        log = open(os.path.join(self.dir, f"{name}.log"), "wb")
+        proc = subprocess.Popen(args, cwd=ROOT, env=getattr(self, "env", None), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    @staticmethod
+    def _wait(check: Any, timeout: float = 30) -> None:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                check()
+                return
+            except Exception:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def web_pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.web.pid)], capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()]
+
+    def redis_connections(self, pid: int) -> int:
+        return sum(1 for c in self.redis.client_list() if c.get("name") == f"chatapp-{pid}")
+
+    @staticmethod
+    def rss_mb(pid: int) -> float:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(self.dir, ignore_errors=True)
