@@ -188,7 +188,9 @@ class Provider:
 
     ``stream`` runs in a worker thread and yields ``Chunk`` objects; it raises a
     ``chatapp.errors.ProviderError`` (or subclass) for failures, translating its own exceptions
-    with ``raise ... from exc``. It should return promptly once ``context.cancelled`` is set.
+    with ``raise ... from exc``. Once ``context.cancelled`` is set it should stop the upstream
+    work and return promptly; it may first yield one last ``Chunk`` with ``usage``/``meta``
+    describing what ran (text yielded after Stop is dropped; what the upstream billed is kept).
     On a resumed attempt (``context.attempt > 1``) it yields the reply from its beginning again:
     the host skips the text that was already delivered.
     """

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 #: the provider must be done this long before RQ's own job timeout fires
 DEADLINE_MARGIN_S = 20
+#: after Stop, how long the provider may take to report what ran (e.g. RunPod's billed seconds)
+CANCEL_DRAIN_S = 10.0
 
 
 def generate_reply(message_id: str) -> str:
@@ -91,10 +93,20 @@ class ReplyRun:
                                   started_at=time.time(), attempt=claim.attempt)
         already = claim.emitted  # text an earlier attempt delivered; the provider starts over
         status_sent = None
+        stopped_at = None
         try:
             for chunk in provider.stream(request, context):
                 if context.cancelled.is_set():
-                    break
+                    # After Stop, text is dropped but usage and meta still count: they are what
+                    # the upstream charged for the part that ran.
+                    stopped_at = stopped_at or time.monotonic()
+                    if chunk.usage is not None:
+                        result.usage = chunk.usage
+                    result.meta.update(chunk.meta)
+                    if time.monotonic() - stopped_at > CANCEL_DRAIN_S:
+                        log.warning("reply %s: provider %s kept streaming after Stop", self.mid, provider.id)
+                        break
+                    continue
                 events: list[tuple[str, dict[str, Any], str]] = []
                 if chunk.status and chunk.status != status_sent:
                     status_sent = chunk.status
