@@ -21,7 +21,10 @@ def create_app(test_config: dict[str, Any] | None = None, *, redis_clients: Redi
     app = Flask("chatapp")
     load_config(app, test_config)
     app.json.sort_keys = False
-    logging.getLogger("chatapp").setLevel(app.config.get("LOG_LEVEL", "INFO"))
+    if not logging.getLogger().handlers:  # gunicorn and the worker configure none for us
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("chatapp", "workers", "plugins"):
+        logging.getLogger(name).setLevel(app.config.get("LOG_LEVEL", "INFO"))
     ChatApp(app, redis_clients=redis_clients, extra_plugins=extra_plugins)
     init_error_handlers(app)
     register_api(app)

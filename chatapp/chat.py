@@ -5,6 +5,7 @@ RQ job. A cache hit stores the finished reply in that same step and enqueues not
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -12,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from chatapp.auth import User
-from chatapp.errors import ChatAppError, NotFound
+from chatapp.errors import ChatAppError, Conflict, NotFound
 from chatapp.ids import new_id
 from chatapp.models import CachedReply, ChatRequest, GenerationResult, Persona
 from chatapp.prompt import render_messages
@@ -77,11 +78,14 @@ class ChatService:
         ext = self.ext
         check_content(content, self.config["MAX_MESSAGE_BYTES"])
         params = check_params(dict(params or {}), self.config["MAX_TOKENS_LIMIT"])
-        if client_message_id:
-            seen = ext.redis.get(f"{ext.prefix}idem:{user.id}:{client_message_id}")
+        # a client_message_id is unique per user within a conversation (or among new ones)
+        idem_key = (f"{ext.prefix}idem:{user.id}:{conversation_id or 'new'}:{client_message_id}"
+                    if client_message_id else "")
+        fingerprint = hashlib.sha256(content.encode("utf-8")).hexdigest()[:32]
+        if idem_key:
+            seen = ext.redis.get(idem_key)
             if seen:
-                return Accepted(**json.loads(seen), state="queued", client_message_id=client_message_id,
-                                duplicate=True)
+                return self._duplicate(seen, fingerprint, client_message_id)
         new_conv = None
         if conversation_id:
             conv = ext.store.conversation(user.id, conversation_id)
@@ -112,14 +116,14 @@ class ChatService:
         now = int(time.time() * 1000)
         job_id = ext.queue.first_job_id(reply_mid)
         spec: dict[str, Any] = {
-            "client_message_id": client_message_id or "",
+            "idempotency_key": idem_key,
             "idempotency_ttl": int(self.config["IDEMPOTENCY_TTL_S"]),
             "idempotency_value": json.dumps({"conversation_id": conversation_id, "user_message_id": user_mid,
-                                             "message_id": reply_mid}),
+                                             "message_id": reply_mid, "content_sha": fingerprint}),
             "conversation": _fields(new_conv) if new_conv else False,
             "user_message": _fields({"id": user_mid, "conversation_id": conversation_id, "user_id": user.id,
                                      "role": "user", "content": content, "state": "done", "created_at": now,
-                                     "client_message_id": client_message_id or ""}),
+                                     "client_message_id": client_message_id or "", "idem_key": idem_key}),
             "reply_message": _fields({"id": reply_mid, "conversation_id": conversation_id, "user_id": user.id,
                                       "role": "assistant", "content": "", "state": "queued", "created_at": now,
                                       "reply_to": user_mid, "provider": request.provider, "model": request.model,
@@ -137,8 +141,7 @@ class ChatService:
             }
         out = ext.replies.send(user.id, conversation_id, user_mid, reply_mid, spec)
         if out[0] == "duplicate":
-            return Accepted(**json.loads(out[1]), state="queued", client_message_id=client_message_id,
-                            duplicate=True)
+            return self._duplicate(out[1], fingerprint, client_message_id)
         if out[0] == "not_found":
             raise NotFound("No such conversation.", code="conversation_not_found")
         if cached is not None:
@@ -150,6 +153,15 @@ class ChatService:
                 log.exception("enqueue failed for %s; the reaper will retry", reply_mid)
         return Accepted(conversation_id, user_mid, reply_mid, "done" if cached else "queued",
                         client_message_id, cached=cached is not None)
+
+    @staticmethod
+    def _duplicate(stored: str, fingerprint: str, client_message_id: str | None) -> Accepted:
+        """The earlier send with this client_message_id; 409 if its content was different."""
+        seen = json.loads(stored)
+        if seen.pop("content_sha", fingerprint) != fingerprint:
+            raise Conflict("This client_message_id was already used for a different message; use a new id.",
+                           code="idempotency_conflict", details={"client_message_id": client_message_id})
+        return Accepted(**seen, state="queued", client_message_id=client_message_id, duplicate=True)
 
     def _after_cached(self, request: ChatRequest, cached: CachedReply) -> None:
         now = time.time()

@@ -16,7 +16,7 @@ DEFAULTS: dict[str, Any] = {
     "REDIS_URL": None,
     "PROCESS_ROLE": "web",  # "worker" in python -m workers
     "KEY_PREFIX": "chatapp:",
-    "REDIS_MAX_CONNECTIONS": 6,  # web process pool (+ a third for RQ); the pool blocks, never raises
+    "REDIS_MAX_CONNECTIONS": 6,  # web process pool (+ a third for RQ); waits up to 5 s for a free one
     "WORKER_REDIS_MAX_CONNECTIONS": 32,  # the same, in a worker process running many replies
     # plugins
     "DISABLED_PLUGINS": "",  # comma-separated plugin names
@@ -74,7 +74,9 @@ def load_config(app: Flask, test_config: dict[str, Any] | None = None) -> None:
         app.config.from_mapping(test_config)
     app.config["SOCK_SERVER_OPTIONS"] = {
         **app.config["SOCK_SERVER_OPTIONS"],
-        "max_message_size": app.config["MAX_WS_FRAME_BYTES"],
+        # the transport's hard cap (beyond it the socket closes with 1009); frames between the
+        # limit and the cap get an error frame and the socket stays open
+        "max_message_size": 4 * int(app.config["MAX_WS_FRAME_BYTES"]),
     }
 
 

@@ -11,11 +11,13 @@ import atexit
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
 import time
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any, Callable
 
 from chatapp.config import DEFAULTS
@@ -169,11 +171,16 @@ def serve(host: str, port: int) -> None:
     log.info("storage: %s", store.description)
     log.info("data %s", "survives a restart" if store.durable else "is LOST when this process exits")
     log.info("provider: %s (default provider: %s)", provider_text, ext.catalog.default_provider)
-    print(f"\nchatapp is running at {url}\n"
-          f"  web page (signs in the demo user): {url}/#key={key}\n"
+    page = (f"  web page (signs in the demo user): {url}/#key={key}\n"
+            if (resources.files("chatapp") / "static" / "index.html").is_file() else "")
+    print(f"\nchatapp is running at {url}\n{page}"
           f"  API key of the local demo user:    {key}\n"
           f"  try: curl -s -X POST {url}/api/v1/chat -H 'Authorization: Bearer {key}' "
           f"-H 'Content-Type: application/json' -d '{{\"message\": \"Hello!\"}}'\n", flush=True)
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # unwinds into the finally below: atexit does not run on SIGTERM
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

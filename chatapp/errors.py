@@ -109,3 +109,23 @@ class GenerationLost(ChatAppError):
 
     status, code = 500, "worker_lost"
     message = "The worker generating this reply stopped; regenerate the reply to try again."
+
+
+#: codes raised with an explicit ``code=`` whose class alone would not say the status
+_EXTRA_STATUS = {"job_timeout": 504, "reply_timeout": 504}
+
+
+def status_for_code(code: str, default: int = 502) -> int:
+    """The HTTP status for a stored error code (a failed reply keeps only its code).
+
+    Failures of the generation itself are gateway errors: 504 for timeouts, else 502.
+    """
+    if code in _EXTRA_STATUS:
+        return _EXTRA_STATUS[code]
+    pending = list(ChatAppError.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        if cls.code == code:
+            return cls.status if cls.status < 500 or cls.status == 504 else default
+        pending.extend(cls.__subclasses__())
+    return default

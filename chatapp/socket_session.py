@@ -16,7 +16,7 @@ import redis
 from simple_websocket import ConnectionClosed
 
 from chatapp.auth import User
-from chatapp.errors import ChatAppError, InvalidRequest, NotFound, Unavailable
+from chatapp.errors import ChatAppError, InvalidRequest, NotFound, TooLarge, Unavailable
 from chatapp.relay import Subscription
 from chatapp.schemas import FRAME_SCHEMAS, load
 
@@ -86,6 +86,10 @@ class SocketSession:
         try:
             if not isinstance(raw, str):
                 raise InvalidRequest("Send JSON text frames.", code="invalid_frame")
+            limit = int(self.ext.config["MAX_WS_FRAME_BYTES"])
+            if len(raw) > limit // 4 and len(raw.encode("utf-8")) > limit:
+                raise TooLarge(f"Frames may be at most {limit} bytes.", code="frame_too_large",
+                               details={"limit_bytes": limit})
             try:
                 data = json.loads(raw)
             except ValueError:
@@ -141,6 +145,8 @@ class SocketSession:
         self.ext.chat.cancel(self.user, frame["message_id"])
 
     def _follow(self, mid: str, after_seq: int) -> None:
+        # forget finished subscriptions so a long-lived socket does not accumulate them
+        self.subs = {m: s for m, s in self.subs.items() if not s.closed}
         old = self.subs.pop(mid, None)
         if old is not None:
             old.close()

@@ -179,9 +179,21 @@ class Store:
         return h
 
     def message_view(self, h: dict[str, str]) -> dict[str, Any]:
+        """The API view; a live reply's text and ``seq`` come from one atomic read, so a client
+        that resumes from that ``seq`` gets exactly the rest."""
         partial = None
         if h["role"] == "assistant" and h["state"] in ("queued", "generating"):
-            partial = self.redis.get(f"{self.p}msg:{h['id']}:partial") or ""
+            key = f"{self.p}msg:{h['id']}"
+            with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hgetall(key)
+                pipe.get(key + ":partial")
+                fresh, partial = pipe.execute()
+            if fresh:
+                h = fresh
+            if h["state"] not in ("queued", "generating"):
+                partial = None  # it finished in between: content is final
+            else:
+                partial = partial or ""
         return message_resource(h, partial)
 
     def list_messages(self, uid: str, cid: str, limit: int, before: str | None) -> dict[str, Any]:

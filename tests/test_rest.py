@@ -239,5 +239,30 @@ def test_delete_removes_messages_streams_and_indexes(client, user_key, worker, e
     p = ext.prefix
     assert not ext.redis.exists(f"{p}conv:{conv['id']}", f"{p}conv:{conv['id']}:msgs", f"{p}msg:{mid}", f"{p}ev:{mid}")
     uid = ext.users.authenticate(user_key).id
-    assert not ext.redis.exists(f"{p}idem:{uid}:k1")
+    assert not ext.redis.exists(f"{p}idem:{uid}:{conv['id']}:k1")
+    # the same client_message_id is free again
+    conv2 = create_conv(client, user_key)
+    assert send(client, user_key, conv2["id"], client_message_id="k1").json["message_id"] != mid
     assert ext.redis.zscore(f"{p}user:{uid}:convs", conv["id"]) is None
+
+
+def test_client_message_id_is_scoped_to_the_conversation_and_content(client, user_key):
+    a, b = create_conv(client, user_key), create_conv(client, user_key)
+    first = send(client, user_key, a["id"], "same text", client_message_id="k-1")
+    other_conv = send(client, user_key, b["id"], "same text", client_message_id="k-1")
+    assert other_conv.status_code == 202 and other_conv.json["message_id"] != first.json["message_id"]
+    assert other_conv.json["user_message"]["conversation_id"] == b["id"]
+    changed = send(client, user_key, a["id"], "different text", client_message_id="k-1")
+    assert_error(changed, 409, "idempotency_conflict")
+
+
+def test_json_without_content_type_is_accepted(client, user_key):
+    r = client.post("/api/v1/conversations", data='{"title": "curl -d"}', headers=auth(user_key),
+                    content_type="application/x-www-form-urlencoded")
+    assert r.status_code == 201 and r.json["title"] == "curl -d"
+
+
+def test_patch_someone_elses_conversation_is_404_even_with_bad_body(client, user_key, other_key):
+    conv = create_conv(client, user_key)
+    r = client.patch(f"/api/v1/conversations/{conv['id']}", json={"bogus": 1}, headers=auth(other_key))
+    assert_error(r, 404)

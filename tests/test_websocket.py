@@ -185,3 +185,12 @@ def test_allowed_origins_setting(live_server, user_key, app):
     WS(live_server.ws_url, user_key, origin="https://chat.example.com").close()
     with pytest.raises(websocket.WebSocketBadStatusException):
         WS(live_server.ws_url, user_key, origin="https://chat.example.com.evil.io")
+
+
+def test_frame_over_the_limit_gets_error_and_socket_stays_open(live_server, user_key):
+    ws = open_ws(live_server, user_key)
+    ws.send({"type": "ping", "pad": "z" * (64 * 1024)})
+    err = ws.recv()
+    assert err["type"] == "error" and err["code"] == "frame_too_large"
+    ws.send({"type": "ping"})
+    assert ws.recv() == {"type": "pong"}

@@ -135,8 +135,7 @@ class ReplyRun:
                 result.state, result.finish_reason = CANCELLED, "cancelled"
         except FencedOut:
             log.warning("reply %s: this run lost ownership; stopping its provider", self.mid)
-            self.keeper.stop_generation(self.mid, "fenced")
-            provider.cancel(context)
+            self.keeper.stop_generation(self.mid, "fenced")  # tells the provider once
             return None
         except ChatAppError as err:
             result.state, result.error = FAILED, err.to_dict()["error"]
@@ -154,11 +153,11 @@ class ReplyRun:
 
     def finish(self, request: ChatRequest, provider: Provider, result: GenerationResult) -> str:
         pm = self.ext.pm
+        result.text = self.ext.redis.get(f"{self.ext.prefix}msg:{self.mid}:partial") or ""
         try:
             result.cost = pm.hook.price_generation(request=request, result=result, provider=provider)
         except Exception:
             log.exception("price_generation failed for %s; recording no cost", self.mid)
-        result.text = self.ext.redis.get(f"{self.ext.prefix}msg:{self.mid}:partial") or ""
         if not self.ext.replies.finish(self.mid, self.token, result):
             return "fenced"
         try:

@@ -8,7 +8,7 @@ from flask import Blueprint, current_app, jsonify
 
 from chatapp.api.errors import json_body
 from chatapp.auth import authenticate, load_user
-from chatapp.errors import ChatAppError, ProviderTimeout
+from chatapp.errors import ChatAppError, ProviderTimeout, status_for_code
 from chatapp.schemas import ChatSchema, load
 
 bp = Blueprint("chat", __name__)
@@ -30,7 +30,8 @@ def one_shot() -> Any:
     ids = {"conversation_id": accepted.conversation_id, "message_id": accepted.message_id}
     if reply["state"] == "failed":
         err = reply.get("error") or {}
-        raise ChatAppError(err.get("message"), code=err.get("code", "generation_failed"), status=502,
+        code = err.get("code", "generation_failed")
+        raise ChatAppError(err.get("message"), code=code, status=status_for_code(code),
                            details={**(err.get("details") or {}), **ids})
     if reply["state"] not in ("done", "cancelled"):
         raise ProviderTimeout("The reply is still being written; fetch it later with GET "

@@ -58,8 +58,8 @@ def get_conversation(cid: str) -> Any:
 @bp.patch("/conversations/<cid>")
 def patch_conversation(cid: str) -> Any:
     user = load_user()
-    data = load(ConversationPatchSchema(), json_body())
     ext().store.conversation(user.id, cid)
+    data = load(ConversationPatchSchema(), json_body())
     if "persona" in data:
         ext().catalog.persona(data["persona"])  # 400 for an unknown persona
     return jsonify(ext().store.update_conversation(user.id, cid, data))

@@ -33,7 +33,7 @@ def json_body() -> dict[str, Any]:
         raise TooLarge(f"The request body is larger than {limit} bytes.", details={"limit_bytes": limit})
     if not request.get_data(cache=True):
         return {}
-    data = request.get_json(silent=True)
+    data = request.get_json(force=True, silent=True)  # curl -d sends no JSON content type
     if data is None:
         raise InvalidRequest("The body is not valid JSON.", code="invalid_json")
     if not isinstance(data, dict):

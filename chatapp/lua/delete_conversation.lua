@@ -5,8 +5,8 @@ local ckey = P .. 'conv:' .. cid
 if redis.call('HGET', ckey, 'user_id') ~= uid then return -1 end
 local mids = redis.call('ZRANGE', ckey .. ':msgs', 0, -1)
 for _, mid in ipairs(mids) do
-  local cmid = redis.call('HGET', mkey(mid), 'client_message_id')
-  if cmid and cmid ~= '' then redis.call('DEL', P .. 'idem:' .. uid .. ':' .. cmid) end
+  local idem_key = redis.call('HGET', mkey(mid), 'idem_key')
+  if idem_key and idem_key ~= '' then redis.call('DEL', idem_key) end
   redis.call('DEL', mkey(mid), mkey(mid) .. ':partial', P .. 'ev:' .. mid)
   redis.call('ZREM', P .. 'leases', mid)
 end

@@ -3,8 +3,8 @@
 local uid, cid, umid, amid, now = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local spec = cjson.decode(ARGV[7])
 local idem_key = nil
-if spec.client_message_id ~= '' then
-  idem_key = P .. 'idem:' .. uid .. ':' .. spec.client_message_id
+if spec.idempotency_key ~= '' then
+  idem_key = spec.idempotency_key
   local existing = redis.call('GET', idem_key)
   if existing then return {'duplicate', existing} end
 end
