@@ -13,9 +13,9 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from chatapp.auth import User
-from chatapp.errors import ChatAppError, Conflict, NotFound
+from chatapp.errors import ChatAppError, Conflict, GenerationLost, NotFound
 from chatapp.ids import new_id
-from chatapp.models import CachedReply, ChatRequest, GenerationResult, Persona
+from chatapp.models import CachedReply, ChatRequest, Cost, GenerationResult, Persona, Provider, Usage
 from chatapp.prompt import render_messages
 from chatapp.schemas import check_content, check_params
 
@@ -51,6 +51,40 @@ def conversation_persona(ext: "ChatApp", conv: dict[str, str]) -> Persona | None
     if override:
         persona = replace(persona, system_prompt=override) if persona else Persona(name="custom", system_prompt=override)
     return persona
+
+
+def request_for_reply(ext: "ChatApp", mid: str) -> tuple[ChatRequest, Provider]:
+    """The request a stored reply answers, rendered from its conversation as it stands."""
+    h = ext.redis.hgetall(f"{ext.prefix}msg:{mid}")
+    conv = ext.redis.hgetall(f"{ext.prefix}conv:{h.get('conversation_id')}") if h else {}
+    if not h or not conv:
+        raise GenerationLost("The conversation was deleted.", code="conversation_deleted")
+    persona = conversation_persona(ext, conv)
+    provider = ext.catalog.provider(h.get("provider"))
+    budget = persona.history_budget if persona and persona.history_budget else ext.config["HISTORY_TOKEN_BUDGET"]
+    history = ext.store.history(h["conversation_id"], upto_mid=mid)
+    request = ChatRequest(
+        message_id=mid, conversation_id=h["conversation_id"], user_id=h["user_id"], provider=provider.id,
+        model=h.get("model", ""), messages=render_messages(persona, history, None, budget),
+        params=json.loads(h.get("params") or "{}"), persona=persona, cache=h.get("cache", "use"),
+    )
+    return request, provider
+
+
+def result_from_record(h: dict[str, str]) -> GenerationResult:
+    """How a finished reply ended, read back from its stored record."""
+    meta = json.loads(h.get("meta") or "{}")
+    finished = int(h.get("finished_at") or 0) / 1000
+    return GenerationResult(
+        message_id=h["id"], state=h["state"], text=h.get("content", ""),
+        finish_reason=h.get("finish_reason") or None, usage=Usage.from_dict(json.loads(h.get("usage") or "{}")),
+        provider=h.get("provider", ""), model=h.get("model", ""), cached=h.get("cached") == "1",
+        error=json.loads(h["error"]) if h.get("error") else None,
+        started_at=meta.pop("started_at", None) or int(h.get("started_at") or h.get("created_at") or 0) / 1000,
+        first_token_at=meta.pop("first_token_at", None), finished_at=meta.pop("finished_at", None) or finished,
+        attempt=int(meta.pop("attempt", None) or h.get("attempt") or 0), meta=meta,
+        cost=Cost(int(h.get("cost_micros") or 0), {"cost_saved_micros": meta.get("cost_saved_micros", 0)}),
+    )
 
 
 class ChatService:
@@ -144,9 +178,7 @@ class ChatService:
             return self._duplicate(out[1], fingerprint, client_message_id)
         if out[0] == "not_found":
             raise NotFound("No such conversation.", code="conversation_not_found")
-        if cached is not None:
-            self._after_cached(request, cached)
-        else:
+        if cached is None:
             try:
                 ext.queue.enqueue(reply_mid, job_id)
             except Exception:  # the reply is stored with a lease: the reaper enqueues it
@@ -162,19 +194,6 @@ class ChatService:
             raise Conflict("This client_message_id was already used for a different message; use a new id.",
                            code="idempotency_conflict", details={"client_message_id": client_message_id})
         return Accepted(**seen, state="queued", client_message_id=client_message_id, duplicate=True)
-
-    def _after_cached(self, request: ChatRequest, cached: CachedReply) -> None:
-        now = time.time()
-        result = GenerationResult(
-            message_id=request.message_id, state="done", text=cached.text, finish_reason=cached.finish_reason,
-            usage=cached.usage, provider=request.provider, model=request.model, cached=True,
-            started_at=now, first_token_at=now, finished_at=now,
-            meta={"cost_saved_micros": cached.cost_saved_micros},
-        )
-        try:
-            self.ext.pm.hook.after_generation(request=request, result=result)
-        except Exception:
-            log.exception("after_generation failed for cached reply %s", request.message_id)
 
     def cancel(self, user: User, mid: str, cid: str | None = None) -> dict[str, Any]:
         """Stop a reply; returns the message as it stands."""

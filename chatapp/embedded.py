@@ -95,8 +95,8 @@ def embedded_redis(data_dir: str) -> EmbeddedRedis:
     import fakeredis
 
     server = fakeredis.FakeServer()
-    return EmbeddedRedis(lambda size: connect_fake(server), "in-memory fakeredis (no redis-server on PATH)",
-                         durable=False)
+    why = "CHATAPP_EMBEDDED_REDIS=memory" if choice == "memory" else "no redis-server on PATH"
+    return EmbeddedRedis(lambda size: connect_fake(server), f"in-memory fakeredis ({why})", durable=False)
 
 
 def provider_config() -> tuple[dict[str, Any], Callable[[], None], str]:
@@ -120,13 +120,10 @@ def provider_config() -> tuple[dict[str, Any], Callable[[], None], str]:
 def start_worker(ext: Any, concurrency: int) -> Callable[[], None]:
     """The in-process worker: a pooled RQ worker in a thread, plus its lease keeper. ``ext`` is
     the worker's own app state (its own Redis pools), as in a separate worker process."""
-    from workers import runtime
-    from workers.keeper import LeaseKeeper
     from workers.pool import ThreadPoolWorker
+    from workers.services import WorkerServices
 
-    keeper = LeaseKeeper(ext)
-    runtime.install(ext, keeper)
-    keeper.start()
+    services = WorkerServices(ext).start()
     worker = ThreadPoolWorker([ext.config["QUEUE_NAME"]], connection=ext.clients.raw, concurrency=concurrency,
                               install_signals=False, worker_ttl=16)
     thread = threading.Thread(target=worker.work, kwargs={"logging_level": "WARNING"}, name="chatapp-worker",
@@ -136,7 +133,7 @@ def start_worker(ext: Any, concurrency: int) -> Callable[[], None]:
     def stop() -> None:
         worker.stop_soon()
         thread.join(timeout=10)
-        keeper.stop()
+        services.stop()
 
     return stop
 

@@ -78,9 +78,12 @@ def price_generation(
 def after_generation(request: "ChatRequest", result: "GenerationResult") -> None:
     """React to a finished reply: store it in a cache, settle a budget, record analytics.
 
-    Called once per reply (done, failed or cancelled, cached or not), after it is stored, by the
-    single job run that stored it: a retried or orphaned RQ job never calls it twice. Runs in the
-    worker, or in the web process for cache hits. Exceptions are logged and do not affect the reply.
+    Called in a worker process once per reply, however it ended (done, failed or cancelled; from
+    a job, the cache, Stop while queued, or the reaper), after it is stored: every finish writes
+    the reply's id to an outbox stream in the same atomic step, and workers consume it as a
+    group. If a worker dies mid-hook another runs it again after 60 s, so make it idempotent.
+    ``request`` is re-rendered from the stored conversation and ``result`` read back from the
+    stored reply. Exceptions are logged and do not affect the reply.
     """
 
 

@@ -125,13 +125,11 @@ class InThreadWorker:
     """The production worker class and lease keeper, run in a thread of the test process."""
 
     def __init__(self, ext: Any, concurrency: int = 16) -> None:
-        from workers import runtime
-        from workers.keeper import LeaseKeeper
         from workers.pool import ThreadPoolWorker
+        from workers.services import WorkerServices
 
-        self.keeper = LeaseKeeper(ext)
-        runtime.install(ext, self.keeper)
-        self.keeper.start()
+        self.services = WorkerServices(ext).start()
+        self.keeper = self.services.keeper
         self.worker = ThreadPoolWorker([ext.config["QUEUE_NAME"]], connection=ext.clients.raw,
                                        concurrency=concurrency, install_signals=False, worker_ttl=16,
                                        drain_timeout_s=5)
@@ -141,7 +139,7 @@ class InThreadWorker:
     def stop(self) -> None:
         self.worker.stop_soon()
         self.thread.join(timeout=15)
-        self.keeper.stop()
+        self.services.stop()
 
 
 @pytest.fixture()

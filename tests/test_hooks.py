@@ -81,8 +81,12 @@ def test_get_cached_reply_answers_without_a_job(build):
     key = ext.users.create("c")[1]
     r = app.test_client().post("/api/v1/chat", json={"message": "what is chatapp?"}, headers=auth(key))
     assert r.status_code == 200 and r.json["message"] == "A chat backend." and r.json["cached"] is True
-    assert r.json["cost_usd"] == 0 and ext.queue.depth() == 0  # no worker was involved
-    assert ("after_generation", (r.json["message_id"], "done", "A chat backend.", True)) in recorder.calls
+    assert r.json["cost_usd"] == 0 and ext.queue.depth() == 0  # answered without any job
+    w = InThreadWorker(ext)  # after_generation still runs once for the hit, from the outbox
+    try:
+        assert recorder.after_calls(r.json["message_id"]) == [(r.json["message_id"], "done", "A chat backend.", True)]
+    finally:
+        w.stop()
     conv = r.json["conversation_id"]
     r2 = app.test_client().post(f"/api/v1/conversations/{conv}/messages", headers=auth(key),
                                 json={"content": "what is chatapp?", "params": {"cache": "skip"}})
@@ -120,10 +124,20 @@ def test_after_generation_runs_once_per_reply(build):
     w = InThreadWorker(ext)
     try:
         r = app.test_client().post("/api/v1/chat", json={"message": "once"}, headers=auth(key)).json
+        calls = recorder.after_calls(r["message_id"])
+        # and for a reply stopped while still queued (it never reached a worker)
+        w.worker.stop_soon()
+        w.thread.join(10)
+        c = app.test_client()
+        queued = c.post(f"/api/v1/conversations/{r['conversation_id']}/messages", json={"content": "stop me"},
+                        headers=auth(key)).json
+        c.post(f"/api/v1/conversations/{r['conversation_id']}/messages/{queued['message_id']}/cancel",
+               headers=auth(key))
+        stopped = recorder.after_calls(queued["message_id"])
     finally:
         w.stop()
-    calls = [c for c in recorder.calls if c[0] == "after_generation"]
-    assert calls == [("after_generation", (r["message_id"], "done", "Echo (assistant): once", False))]
+    assert calls == [(r["message_id"], "done", "Echo (assistant): once", False)]
+    assert stopped == [(queued["message_id"], "cancelled", "", False)]
 
 
 def test_register_blueprints(build):

@@ -12,6 +12,7 @@ from tests.plugins import recorder
 from workers import runtime
 from workers.jobs import generate_reply
 from workers.keeper import LeaseKeeper
+from workers.services import WorkerServices
 
 TEXT = "Echo (assistant): one two three four five"
 
@@ -51,12 +52,11 @@ def record(ext, mid):
     return ext.redis.hgetall(f"{ext.prefix}msg:{mid}")
 
 
-def after_calls(mid):
-    return [c for c in recorder.calls if c[0] == "after_generation" and c[1][0] == mid]
+after_calls = recorder.after_calls
 
 
 def test_job_run_twice_concurrently_finishes_once(rext):
-    runtime.install(rext, LeaseKeeper(rext))
+    services = WorkerServices(rext).start()
     _, acc = queued_reply(rext)
     outcomes = []
     threads = [threading.Thread(target=lambda: outcomes.append(generate_reply(acc.message_id))) for _ in range(2)]
@@ -72,6 +72,7 @@ def test_job_run_twice_concurrently_finishes_once(rext):
     assert len(after_calls(acc.message_id)) == 1
     assert generate_reply(acc.message_id) == "finished"  # a late duplicate changes nothing
     assert len(after_calls(acc.message_id)) == 1
+    services.stop()
     conv = rext.redis.hgetall(f"{rext.prefix}conv:{acc.conversation_id}")
     assert conv["message_count"] == "2"
 

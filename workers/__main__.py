@@ -5,9 +5,8 @@ import argparse
 import logging
 
 from chatapp.app import create_app
-from workers import runtime
-from workers.keeper import LeaseKeeper
 from workers.pool import ThreadPoolWorker
+from workers.services import WorkerServices
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -18,17 +17,15 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app({"PROCESS_ROLE": "worker"})
     ext = app.extensions["chatapp"]
-    keeper = LeaseKeeper(ext)
-    runtime.install(ext, keeper)
-    keeper.start()
+    services = WorkerServices(ext).start()
     concurrency = args.concurrency or int(app.config["WORKER_CONCURRENCY"])
     worker = ThreadPoolWorker([app.config["QUEUE_NAME"]], connection=ext.clients.raw, concurrency=concurrency)
     logging.getLogger(__name__).info("worker %s: %d replies at once on queue %r",
-                                     keeper.worker_id, concurrency, app.config["QUEUE_NAME"])
+                                     services.keeper.worker_id, concurrency, app.config["QUEUE_NAME"])
     try:
         worker.work(burst=args.burst, logging_level="INFO")
     finally:
-        keeper.stop()
+        services.stop()
 
 
 if __name__ == "__main__":

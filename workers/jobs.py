@@ -14,10 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from rq.timeouts import JobTimeoutException
 
-from chatapp.chat import conversation_persona
+from chatapp.chat import request_for_reply
 from chatapp.errors import ChatAppError, GenerationLost, ProviderTimeout
 from chatapp.models import CANCELLED, DONE, FAILED, ChatRequest, GenerationContext, GenerationResult, Provider, Usage
-from chatapp.prompt import render_messages
 from chatapp.replies import Claim, FencedOut
 from workers import runtime
 
@@ -70,21 +69,7 @@ class ReplyRun:
         return self.finish(request, provider, result)
 
     def build_request(self) -> tuple[ChatRequest, Provider]:
-        ext = self.ext
-        h = ext.redis.hgetall(f"{ext.prefix}msg:{self.mid}")
-        conv = ext.redis.hgetall(f"{ext.prefix}conv:{h.get('conversation_id')}")
-        if not h or not conv:
-            raise GenerationLost("The conversation was deleted.", code="conversation_deleted")
-        persona = conversation_persona(ext, conv)
-        provider = ext.catalog.provider(h.get("provider"))
-        budget = persona.history_budget if persona and persona.history_budget else ext.config["HISTORY_TOKEN_BUDGET"]
-        history = ext.store.history(h["conversation_id"], upto_mid=self.mid)
-        request = ChatRequest(
-            message_id=self.mid, conversation_id=h["conversation_id"], user_id=h["user_id"],
-            provider=provider.id, model=h.get("model", ""), messages=render_messages(persona, history, None, budget),
-            params=json.loads(h.get("params") or "{}"), persona=persona, cache=h.get("cache", "use"),
-        )
-        return request, provider
+        return request_for_reply(self.ext, self.mid)
 
     def generate(self, request: ChatRequest, provider: Provider, context: GenerationContext,
                  claim: Claim) -> GenerationResult | None:
@@ -160,8 +145,4 @@ class ReplyRun:
             log.exception("price_generation failed for %s; recording no cost", self.mid)
         if not self.ext.replies.finish(self.mid, self.token, result):
             return "fenced"
-        try:
-            pm.hook.after_generation(request=request, result=result)
-        except Exception:
-            log.exception("after_generation failed for %s", self.mid)
-        return result.state
+        return result.state  # after_generation runs from the finished-replies outbox (finisher.py)

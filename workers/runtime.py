@@ -25,10 +25,12 @@ def get() -> "tuple[ChatApp, LeaseKeeper]":
     with _lock:
         if _ext is None:
             from chatapp.app import create_app
-            from workers.keeper import LeaseKeeper
+            from workers.services import WorkerServices
 
             ext: Any = create_app({"PROCESS_ROLE": "worker"}).extensions["chatapp"]
-            _ext, _keeper = ext, LeaseKeeper(ext)
-            _keeper.start()
+            services = WorkerServices(ext)
+            _ext, _keeper = ext, services.keeper
+            services.keeper.start()
+            services.finisher.start()
         assert _keeper is not None
         return _ext, _keeper

@@ -34,6 +34,8 @@ local function finalize(mid, fin)
   redis.call('HSET', key, 'final_seq', seq)
   redis.call('ZREM', P .. 'leases', mid)
   redis.call('EXPIRE', P .. 'ev:' .. mid, fin.stream_ttl)
+  -- the outbox workers read to run after_generation once per reply, however it ended
+  redis.call('XADD', P .. 'finished', 'MAXLEN', '~', FIREHOSE_MAXLEN, '*', 'm', mid)
   local cid = redis.call('HGET', key, 'conversation_id')
   local ckey = P .. 'conv:' .. cid
   if cid and redis.call('EXISTS', ckey) == 1 then

@@ -11,6 +11,22 @@ calls: list[tuple[str, Any]] = []
 settings: dict[str, Any] = {}
 
 
+def after_calls(mid: str, timeout: float = 10.0, settle: float = 0.5) -> list[Any]:
+    """after_generation calls for reply ``mid``: waits for the first (the outbox is async), then a
+    little longer so a duplicate would show up too."""
+    import time
+
+    deadline = time.time() + timeout
+    found: list[Any] = []
+    while time.time() < deadline:
+        found = [c[1] for c in calls if c[0] == "after_generation" and c[1][0] == mid]
+        if found:
+            time.sleep(settle)
+            return [c[1] for c in calls if c[0] == "after_generation" and c[1][0] == mid]
+        time.sleep(0.05)
+    return found
+
+
 def reset() -> None:
     calls.clear()
     settings.clear()

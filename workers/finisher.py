@@ -1,0 +1,90 @@
+"""The finished-replies outbox: runs ``after_generation`` once per reply, however it ended.
+
+Every finish (by a job, by Stop while queued, by the reaper, a cache hit) appends the reply's id
+to one stream in the same atomic step. Worker processes read it as a consumer group, call the
+hook, then acknowledge; entries a dead worker left unacknowledged are claimed by another after
+``CLAIM_IDLE_MS``. So the hook runs once per reply, and at least once if a worker dies mid-hook.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import redis
+
+from chatapp.chat import request_for_reply, result_from_record
+from chatapp.errors import ChatAppError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from chatapp.extension import ChatApp
+
+log = logging.getLogger(__name__)
+
+GROUP = "after_generation"
+CLAIM_IDLE_MS = 60_000
+
+
+class Finisher(threading.Thread):
+    def __init__(self, ext: "ChatApp", consumer: str, block_ms: int = 2000) -> None:
+        super().__init__(name="chatapp-finisher", daemon=True)
+        self.ext, self.consumer, self.block_ms = ext, consumer, block_ms
+        self.stream = ext.prefix + "finished"
+        self.stopping = threading.Event()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=self.block_ms / 1000 + 2)
+
+    def ensure_group(self) -> None:
+        try:
+            self.ext.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def run(self) -> None:
+        next_claim = 0.0
+        while not self.stopping.is_set():
+            try:
+                self.ensure_group() if next_claim == 0.0 else None
+                if time.monotonic() >= next_claim:
+                    self.claim_abandoned()
+                    next_claim = time.monotonic() + 15
+                batch = self.ext.redis.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=20,
+                                                  block=self.block_ms)
+                for _stream, entries in batch or []:
+                    for entry_id, fields in entries:
+                        self.handle(entry_id, fields.get("m", ""))
+            except redis.RedisError as exc:
+                log.warning("finisher: Redis unavailable (%s)", type(exc).__name__)
+                next_claim = 0.0
+                self.stopping.wait(1)
+            except Exception:
+                log.exception("finisher failed; continuing")
+                self.stopping.wait(1)
+
+    def claim_abandoned(self) -> None:
+        _next, entries, *_ = self.ext.redis.xautoclaim(self.stream, GROUP, self.consumer, CLAIM_IDLE_MS,
+                                                       start_id="0-0", count=20)
+        for entry_id, fields in entries:
+            if fields:  # a trimmed entry comes back empty
+                self.handle(entry_id, fields.get("m", ""))
+
+    def handle(self, entry_id: str, mid: str) -> None:
+        h = self.ext.redis.hgetall(f"{self.ext.prefix}msg:{mid}")
+        if h:
+            try:
+                request, _provider = request_for_reply(self.ext, mid)
+            except ChatAppError as err:
+                log.info("after_generation skipped for %s: %s", mid, err.message)
+            else:
+                try:
+                    self.ext.pm.hook.after_generation(request=request, result=result_from_record(h))
+                except Exception:
+                    log.exception("after_generation failed for %s", mid)
+        with self.ext.redis.pipeline(transaction=False) as pipe:
+            pipe.xack(self.stream, GROUP, entry_id)
+            pipe.xdel(self.stream, entry_id)
+            pipe.execute()
