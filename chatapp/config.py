@@ -23,6 +23,7 @@ DEFAULTS: dict[str, Any] = {
     "PLUGINS": "",  # comma-separated extra plugin modules to import (dotted names)
     "DEFAULT_PROVIDER": None,  # None: runpod if configured, else echo
     "DEFAULT_PERSONA": "assistant",
+    "BUNDLED_EMULATOR": True,  # no provider configured: use the bundled RunPod emulator
     # limits
     "MAX_CONTENT_LENGTH": 1024 * 1024,  # any request body (Flask's own setting)
     "MAX_MESSAGE_BYTES": 32 * 1024,
@@ -72,12 +73,37 @@ def load_config(app: Flask, test_config: dict[str, Any] | None = None) -> None:
     app.config.from_prefixed_env("CHATAPP")
     if test_config:
         app.config.from_mapping(test_config)
+    apply_bundled_emulator(app.config)
     app.config["SOCK_SERVER_OPTIONS"] = {
         **app.config["SOCK_SERVER_OPTIONS"],
         # the transport's hard cap (beyond it the socket closes with 1009); frames between the
         # limit and the cap get an error frame and the socket stays open
         "max_message_size": 4 * int(app.config["MAX_WS_FRAME_BYTES"]),
     }
+
+
+BUNDLED_ENDPOINT_ID = "local-emulator"
+#: where a web process believes the bundled emulator is; only workers call it, at their own address
+BUNDLED_PLACEHOLDER_URL = "http://127.0.0.1:9/v2"
+
+
+def provider_configured(settings: Any) -> bool:
+    """Whether a real provider is configured (RunPod endpoint(s) or an OpenAI-compatible server)."""
+    return any(settings.get(name) for name in ("RUNPOD_ENDPOINT_ID", "RUNPOD_ENDPOINTS", "OPENAI_BASE_URL"))
+
+
+def apply_bundled_emulator(config: Any) -> None:
+    """With no provider configured, the default is the bundled RunPod emulator through the
+    ``runpod`` provider (DESIGN.md section 7): each worker process starts one
+    (``chatapp.embedded.start_bundled_emulator``); web processes only need to know the endpoint."""
+    if provider_configured(config) or not config.get("BUNDLED_EMULATOR", True):
+        return
+    config["RUNPOD_ENDPOINT_ID"] = BUNDLED_ENDPOINT_ID
+    config.setdefault("RUNPOD_GPU", "L4")
+    if not config.get("RUNPOD_API_KEY"):
+        config["RUNPOD_API_KEY"] = "bundled-emulator"
+    if not config.get("RUNPOD_BASE_URL"):
+        config["RUNPOD_BASE_URL"] = BUNDLED_PLACEHOLDER_URL
 
 
 def split_list(value: Any) -> list[str]:

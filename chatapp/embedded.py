@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Callable
 
-from chatapp.config import DEFAULTS
+from chatapp.config import BUNDLED_ENDPOINT_ID, DEFAULTS, provider_configured
 from chatapp.redis_client import RedisClients, connect, connect_fake
 
 log = logging.getLogger("chatapp.embedded")
@@ -99,22 +99,26 @@ def embedded_redis(data_dir: str) -> EmbeddedRedis:
     return EmbeddedRedis(lambda size: connect_fake(server), f"in-memory fakeredis ({why})", durable=False)
 
 
-def provider_config() -> tuple[dict[str, Any], Callable[[], None], str]:
-    """Settings that point the RunPod provider at a bundled emulator unless a real provider is set."""
-    if os.environ.get("RUNPOD_ENDPOINT_ID") or os.environ.get("RUNPOD_ENDPOINTS") or os.environ.get("OPENAI_BASE_URL"):
+def start_bundled_emulator() -> tuple[dict[str, Any], Callable[[], None], str]:
+    """Start the bundled RunPod emulator in this process when no provider is configured.
+
+    Returns the settings that point the ``runpod`` provider at it (empty when a real provider is
+    configured or ``CHATAPP_BUNDLED_EMULATOR=false``), a stop function, and a description to log.
+    """
+    if provider_configured(os.environ):
         return {}, lambda: None, "the configured provider"
-    try:
-        from chatapp.runpod_emulator import EmulatorConfig, EmulatorServer
-    except ImportError:
-        return {"DEFAULT_PROVIDER": "echo"}, lambda: None, "the offline echo provider"
+    if os.environ.get("CHATAPP_BUNDLED_EMULATOR", "true").lower() in ("0", "false", "no"):
+        return {}, lambda: None, "no provider (CHATAPP_BUNDLED_EMULATOR=false)"
     import secrets
+
+    from chatapp.runpod_emulator import EmulatorConfig, EmulatorServer
 
     key = secrets.token_urlsafe(16)
     server = EmulatorServer(EmulatorConfig(), host="127.0.0.1", port=0, api_key=key)
     server.start()
-    config = {"RUNPOD_API_KEY": key, "RUNPOD_ENDPOINT_ID": "local-emulator", "RUNPOD_BASE_URL": server.base_url,
-              "RUNPOD_GPU": "L4"}
-    return config, server.stop, f"the bundled RunPod emulator at {server.base_url} (not a language model)"
+    settings = {"RUNPOD_API_KEY": key, "RUNPOD_ENDPOINT_ID": BUNDLED_ENDPOINT_ID, "RUNPOD_BASE_URL": server.base_url,
+                "RUNPOD_GPU": "L4"}
+    return settings, server.stop, f"the bundled RunPod emulator at {server.base_url} (not a language model)"
 
 
 def start_worker(ext: Any, concurrency: int) -> Callable[[], None]:
@@ -156,7 +160,7 @@ def serve(host: str, port: int) -> None:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     data_dir = os.environ.get("CHATAPP_DATA_DIR", ".chatapp-data")
     store = embedded_redis(data_dir)
-    provider_settings, stop_emulator, provider_text = provider_config()
+    provider_settings, stop_emulator, provider_text = start_bundled_emulator()
     app = create_app(provider_settings, redis_clients=store.connect(int(DEFAULTS["REDIS_MAX_CONNECTIONS"])))
     ext = app.extensions["chatapp"]
     worker_app = create_app({**provider_settings, "PROCESS_ROLE": "worker"},

@@ -29,6 +29,8 @@ FAST = {
     "RELAY_BLOCK_MS": 200,
     # tests run the worker on the web app's own clients (production gives it its own process)
     "REDIS_MAX_CONNECTIONS": 30,
+    # the offline, instant provider unless a test picks another
+    "DEFAULT_PROVIDER": "echo",
 }
 
 

@@ -5,6 +5,7 @@ import argparse
 import logging
 
 from chatapp.app import create_app
+from chatapp.embedded import start_bundled_emulator
 from workers.pool import ThreadPoolWorker
 from workers.services import WorkerServices
 
@@ -15,17 +16,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app({"PROCESS_ROLE": "worker"})
+    emulator_settings, stop_emulator, provider_text = start_bundled_emulator()
+    app = create_app({"PROCESS_ROLE": "worker", **emulator_settings})
     ext = app.extensions["chatapp"]
     services = WorkerServices(ext).start()
     concurrency = args.concurrency or int(app.config["WORKER_CONCURRENCY"])
     worker = ThreadPoolWorker([app.config["QUEUE_NAME"]], connection=ext.clients.raw, concurrency=concurrency)
     logging.getLogger(__name__).info("worker %s: %d replies at once on queue %r",
                                      services.keeper.worker_id, concurrency, app.config["QUEUE_NAME"])
+    logging.getLogger(__name__).info("provider: %s (default: %s)", provider_text, ext.catalog.default_provider)
     try:
         worker.work(burst=args.burst, logging_level="INFO")
     finally:
         services.stop()
+        stop_emulator()
 
 
 if __name__ == "__main__":
