@@ -10,6 +10,8 @@ from typing import Any
 
 import requests
 
+from chatapp.config import PLAIN_ENV
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -18,7 +20,9 @@ def env_for(config: dict[str, Any], **extra: Any) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATAPP_", "RUNPOD_", "OPENAI_"))}
     env["REDIS_URL"] = config["REDIS_URL"]
     for key, value in config.items():
-        if key not in ("REDIS_URL", "TESTING"):
+        if key in PLAIN_ENV:
+            env[key] = str(value)
+        elif key != "TESTING":
             env[f"CHATAPP_{key}"] = str(value)
     env.update({k: str(v) for k, v in extra.items()})
     env["PYTHONUNBUFFERED"] = "1"
