@@ -299,4 +299,6 @@ def register_providers(config: Mapping[str, Any]) -> list[Provider]:
         client,
         execution_timeout_s=_positive(config, "RUNPOD_EXECUTION_TIMEOUT_S"),
         stall_timeout_s=_positive(config, "RUNPOD_STALL_TIMEOUT_S") or DEFAULT_STALL_TIMEOUT_S,
+        poll=PollPolicy(after_items_s=interval) if (interval := _positive(config, "RUNPOD_STREAM_INTERVAL_S"))
+        else None,
     )]

@@ -41,8 +41,12 @@ SAMPLING_KEYS = ("max_tokens", "temperature", "top_p")
 class PollPolicy:
     """How ``/stream`` is polled."""
 
-    #: long-poll wait per call; short, so a cancel is noticed within about a second
-    wait_ms: int = 800
+    #: long-poll wait per call. Long, so an idle job costs few calls: Stop does not wait for it,
+    #: because the keeper's POST /cancel ends the job and RunPod answers the held call at once.
+    wait_ms: int = 5000
+    #: pause after a call that returned items, so the next ones accumulate (fewer calls per job;
+    #: RunPod rate-limits /stream per endpoint). ``RUNPOD_STREAM_INTERVAL_S``.
+    after_items_s: float = 0.25
     #: adaptive polling (when ``wait`` is ignored): first delay, growth while idle, ceiling
     min_delay: float = 0.05
     growth: float = 1.6
@@ -67,10 +71,11 @@ class Pacer:
         self._quick_empty = 0
         self._delay = policy.min_delay
 
-    @property
-    def wait_ms(self) -> int | None:
-        """The ``wait`` to send, or None when polling adaptively."""
-        return self.policy.wait_ms if self.use_wait else None
+    def wait_ms(self, seconds_left: float) -> int | None:
+        """The ``wait`` to send (never past the reply's deadline), or None when polling adaptively."""
+        if not self.use_wait:
+            return None
+        return max(100, min(self.policy.wait_ms, int(seconds_left * 1000)))
 
     def next_delay(self, poll: StreamPoll, status_changed: bool) -> float:
         """Seconds to pause before the next call, given what the last call returned."""
@@ -80,9 +85,9 @@ class Pacer:
             self._delay = policy.min_delay
             # A short pause after items lets the next few accumulate: fewer calls per job. A
             # finished job's remaining items are all there already: no pause.
-            return policy.min_delay if poll.items and poll.status not in TERMINAL else 0.0
+            return policy.after_items_s if poll.items and poll.status not in TERMINAL else 0.0
         if self.use_wait:
-            if poll.elapsed >= policy.wait_ms / 2000:
+            if poll.elapsed >= min(policy.wait_ms, 1000) / 2000:
                 self._quick_empty = 0
                 return 0.0  # the server held the call for us: ask again at once
             self._quick_empty += 1
@@ -247,7 +252,7 @@ class JobRunner:
                     "cancelled. Lower max_tokens or raise the job timeout.",
                     details=self._ids(),
                 )
-            poll = self.calls.stream(self.job_id, pacer.wait_ms)
+            poll = self.calls.stream(self.job_id, pacer.wait_ms(self.context.seconds_left()))
             if poll.maybe_lost and not self.catching_up:
                 log.warning("RunPod job %s: a retried /stream read may have lost items; "
                             "taking the text from /status at the end", self.job_id)
