@@ -122,3 +122,22 @@ class Stack:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def run_cli(suite: str, doc: str, benches: dict[str, Any]) -> None:
+    """``python -m bench.<suite> NAME|all``: run benchmarks, print them, save JSON in bench/results/."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=[*benches, "all"])
+    args = parser.parse_args()
+    results: dict[str, Any] = {"machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    for name, bench in benches.items():
+        if args.what in (name, "all"):
+            results[name] = bench()
+    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+    path = os.path.join(ROOT, "bench", "results", f"{suite}-{args.what}.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"wrote {path}")

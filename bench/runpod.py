@@ -9,7 +9,6 @@ The SDK (``pip install -e '.[test]'``) is pointed at the same emulator endpoint,
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -20,7 +19,7 @@ from typing import Any
 
 import requests
 
-from bench.harness import ROOT, Stack, free_port, machine, summary
+from bench.harness import ROOT, Stack, free_port, run_cli, summary
 
 KEY = "bench-key"
 EP = "bench-ep"
@@ -192,21 +191,7 @@ def bench_capacity(jobs: int = 200, tokens: int = 50, tokens_per_s: float = 50.0
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["ttft", "calls", "capacity", "all"])
-    args = parser.parse_args()
-    results: dict[str, Any] = {"machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    if args.what in ("ttft", "all"):
-        results["ttft"] = bench_ttft()
-    if args.what in ("calls", "all"):
-        results["calls"] = bench_calls()
-    if args.what in ("capacity", "all"):
-        results["capacity"] = bench_capacity()
-    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
-    path = os.path.join(ROOT, "bench", "results", f"runpod-{args.what}.json")
-    with open(path, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {path}")
+    run_cli("runpod", __doc__ or "", {"ttft": bench_ttft, "calls": bench_calls, "capacity": bench_capacity})
 
 
 if __name__ == "__main__":

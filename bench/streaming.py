@@ -10,19 +10,16 @@ Each figure is measured next to its baseline in the same run. Needs redis-server
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import os
 import threading
 import time
 from typing import Any
 
 import redis
-import requests
 from websockets.asyncio.client import connect
 
-from bench.harness import ROOT, Stack, machine, summary
+from bench.harness import Stack, run_cli, summary
 
 TIMED = {"CHATAPP_PLUGINS": "bench.timed_provider", "CHATAPP_DEFAULT_PROVIDER": "timed"}
 
@@ -219,21 +216,7 @@ def bench_capacity(levels: tuple[int, ...] = (100, 200), chunks: int = 100, inte
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["latency", "connections", "capacity", "all"])
-    args = parser.parse_args()
-    results: dict[str, Any] = {"machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    if args.what in ("latency", "all"):
-        results["latency"] = bench_latency()
-    if args.what in ("connections", "all"):
-        results["connections"] = bench_connections()
-    if args.what in ("capacity", "all"):
-        results["capacity"] = bench_capacity()
-    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
-    path = os.path.join(ROOT, "bench", "results", f"streaming-{args.what}.json")
-    with open(path, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {path}")
+    run_cli("streaming", __doc__ or "", {"latency": bench_latency, "connections": bench_connections, "capacity": bench_capacity})
 
 
 if __name__ == "__main__":

@@ -94,12 +94,17 @@ def test_orphaned_run_is_fenced_out(rext, worker):
     assert texts.count("Echo") == 1
 
 
+def run_then_die(ext, delivered):
+    """A reply whose first run delivered ``delivered`` and then died (RQ lost its job too)."""
+    _, acc = queued_reply(ext)
+    ext.redis.lpop(f"rq:queue:{ext.config['QUEUE_NAME']}")
+    ext.replies.claim(acc.message_id, "dead-worker")
+    ext.replies.append(acc.message_id, "dead-worker", [("delta", {"text": delivered}, delivered)])
+    return acc.message_id
+
+
 def test_retry_resumes_without_repeating_delivered_text(rext, worker):
-    _, acc = queued_reply(rext)
-    mid = acc.message_id
-    rext.redis.lpop(f"rq:queue:{rext.config['QUEUE_NAME']}")
-    rext.replies.claim(mid, "dead-worker")
-    rext.replies.append(mid, "dead-worker", [("delta", {"text": "Echo (assi"}, "Echo (assi")])
+    mid = run_then_die(rext, "Echo (assi")
     final = rext.relay.wait(mid, 15)
     assert final["type"] == "done" and final["finish_reason"] == "stop"
     rec = record(rext, mid)
@@ -109,11 +114,7 @@ def test_retry_resumes_without_repeating_delivered_text(rext, worker):
 
 
 def test_retry_that_diverges_fails_clearly(rext, worker):
-    _, acc = queued_reply(rext)
-    mid = acc.message_id
-    rext.redis.lpop(f"rq:queue:{rext.config['QUEUE_NAME']}")
-    rext.replies.claim(mid, "dead-worker")
-    rext.replies.append(mid, "dead-worker", [("delta", {"text": "Something else"}, "Something else")])
+    mid = run_then_die(rext, "Something else")
     final = rext.relay.wait(mid, 15)
     assert final["type"] == "error" and final["code"] == "retry_diverged"
     rec = record(rext, mid)

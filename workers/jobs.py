@@ -6,7 +6,6 @@ reply a second time. A resumed attempt skips the text already delivered.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid

@@ -5,7 +5,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify
 
-from chatapp.auth import authenticate, load_user
+from chatapp.auth import authenticate
 from chatapp.errors import NotFound
 
 bp = Blueprint("catalog", __name__)
