@@ -11,12 +11,13 @@ from chatapp.models import (
     ModelInfo,
     Persona,
     Provider,
+    Step,
     Usage,
 )
 
 __all__ = [
     "hookimpl", "create_app", "CachedReply", "ChatRequest", "Chunk", "Cost", "GenerationContext",
-    "GenerationResult", "Message", "ModelInfo", "Persona", "Provider", "Usage",
+    "GenerationResult", "Message", "ModelInfo", "Persona", "Provider", "Step", "Usage",
 ]
 
 

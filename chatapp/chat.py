@@ -45,8 +45,12 @@ def _fields(mapping: dict[str, Any]) -> list[str]:
 
 
 def conversation_persona(ext: "ChatApp", conv: dict[str, str]) -> Persona | None:
-    """The conversation's persona, with its per-conversation system prompt override applied."""
-    persona = ext.catalog.persona(conv.get("persona") or None)
+    """The conversation's persona as pinned when it started (or last changed), with its
+    per-conversation system prompt override applied."""
+    pinned = conv.get("persona_version")
+    persona = ext.persona_versions.get(pinned) if pinned else None
+    if persona is None:
+        persona = ext.catalog.persona(conv.get("persona") or None)
     override = conv.get("system_prompt")
     if override:
         persona = replace(persona, system_prompt=override) if persona else Persona(name="custom", system_prompt=override)
@@ -59,16 +63,25 @@ def request_for_reply(ext: "ChatApp", mid: str) -> tuple[ChatRequest, Provider]:
     conv = ext.redis.hgetall(f"{ext.prefix}conv:{h.get('conversation_id')}") if h else {}
     if not h or not conv:
         raise GenerationLost("The conversation was deleted.", code="conversation_deleted")
-    persona = conversation_persona(ext, conv)
     provider = ext.catalog.provider(h.get("provider"))
-    budget = persona.history_budget if persona and persona.history_budget else ext.config["HISTORY_TOKEN_BUDGET"]
-    history = ext.store.history(h["conversation_id"], upto_mid=mid)
-    request = ChatRequest(
-        message_id=mid, conversation_id=h["conversation_id"], user_id=h["user_id"], provider=provider.id,
-        model=h.get("model", ""), messages=render_messages(persona, history, None, budget),
-        params=json.loads(h.get("params") or "{}"), persona=persona, cache=h.get("cache", "use"),
-    )
+    user = ext.users.get(h["user_id"])
+    request = render_request(ext, conv, mid, h["user_id"], user.name if user else "User",
+                             ext.store.history(h["conversation_id"], upto_mid=mid), None,
+                             provider.id, h.get("model", ""), json.loads(h.get("params") or "{}"), h.get("cache", "use"))
     return request, provider
+
+
+def render_request(ext: "ChatApp", conv: dict[str, str], mid: str, user_id: str, user_name: str,
+                   history: list[dict[str, str]], new_user_text: str | None, provider_id: str, model: str,
+                   params: dict[str, Any], cache_mode: str) -> ChatRequest:
+    """The ChatRequest for reply ``mid``: the pinned persona's filled-in system prompt and the
+    history that fits its budget (the web renders before storing the new message, the worker after)."""
+    persona = conversation_persona(ext, conv)
+    budget = persona.history_budget if persona and persona.history_budget else ext.config["HISTORY_TOKEN_BUDGET"]
+    messages = render_messages(persona, history, new_user_text, budget, user_name=user_name,
+                               default_prompt=ext.config["DEFAULT_SYSTEM_PROMPT"])
+    return ChatRequest(message_id=mid, conversation_id=conv["id"], user_id=user_id, provider=provider_id,
+                       model=model, messages=messages, params=params, persona=persona, cache=cache_mode)
 
 
 def result_from_record(h: dict[str, str]) -> GenerationResult:
@@ -102,6 +115,8 @@ class ChatService:
         params = check_params(dict(params or {}), self.config["MAX_TOKENS_LIMIT"])
         cid, fields = self.ext.store.new_conversation_fields(
             user.id, title, persona_obj.name if persona_obj else "", provider_obj.id, model_id, params)
+        if persona_obj is not None:
+            fields["persona_version"] = self.ext.persona_versions.pin(persona_obj)
         if system_prompt:
             fields["system_prompt"] = system_prompt
         return cid, fields
@@ -134,19 +149,13 @@ class ChatService:
         provider = ext.catalog.provider(conv.get("provider") or None)
         merged = {**(persona_obj.params if persona_obj else {}), **json.loads(conv.get("params") or "{}"), **params}
         cache_mode = merged.pop("cache", "use")
-        budget = (persona_obj.history_budget if persona_obj and persona_obj.history_budget
-                  else self.config["HISTORY_TOKEN_BUDGET"])
         user_mid, reply_mid = new_id("m"), new_id("m")
-        request = ChatRequest(
-            message_id=reply_mid, conversation_id=conversation_id, user_id=user.id, provider=provider.id,
-            model=conv.get("model") or ext.catalog.model_for(provider, None),
-            messages=render_messages(persona_obj, history, content, budget),
-            params=merged, persona=persona_obj, cache=cache_mode,
-        )
-        ext.pm.hook.before_generation(request=request)
+        request = render_request(ext, conv, reply_mid, user.id, user.name, history, content, provider.id,
+                                 conv.get("model") or ext.catalog.model_for(provider, None), merged, cache_mode)
+        ext.pm.hook.before_generation(request=request, host=ext.host)
         cached: CachedReply | None = None
         if cache_mode == "use":
-            cached = ext.pm.hook.get_cached_reply(request=request)
+            cached = ext.pm.hook.get_cached_reply(request=request, host=ext.host)
         now = int(time.time() * 1000)
         job_id = ext.queue.first_job_id(reply_mid)
         spec: dict[str, Any] = {

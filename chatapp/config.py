@@ -23,6 +23,8 @@ DEFAULTS: dict[str, Any] = {
     "PLUGINS": "",  # comma-separated extra plugin modules to import (dotted names)
     "DEFAULT_PROVIDER": None,  # None: runpod if configured, else echo
     "DEFAULT_PERSONA": "assistant",
+    # what {{original}} in a persona's system prompt stands for (and the prompt with no persona)
+    "DEFAULT_SYSTEM_PROMPT": "You are a helpful assistant.",
     "BUNDLED_EMULATOR": True,  # no provider configured: use the bundled RunPod emulator
     # limits
     "MAX_CONTENT_LENGTH": 1024 * 1024,  # any request body (Flask's own setting)

@@ -9,6 +9,8 @@ from flask import Flask
 from chatapp.auth import Users
 from chatapp.catalog import Catalog
 from chatapp.config import split_list
+from chatapp.host import Host
+from chatapp.persona_versions import PersonaVersions
 from chatapp.plugin_manager import make_plugin_manager
 from chatapp.redis_client import RedisClients, connect
 from chatapp.relay import Relay
@@ -50,6 +52,8 @@ class ChatApp:
         self.store = Store(self.redis, self.scripts, self.prefix)
         self.replies = Replies(self.redis, self.scripts, self.prefix, config)
         self.users = Users(self.redis, self.prefix)
+        self.host = Host(config, self.redis, self.prefix)
+        self.persona_versions = PersonaVersions(self.redis, self.prefix)
         self.queue = ReplyQueue(redis_clients.raw, config["QUEUE_NAME"], int(config["JOB_TIMEOUT_S"]))
         self.pm = make_plugin_manager(split_list(config.get("DISABLED_PLUGINS")), extra_plugins,
                                       split_list(config.get("PLUGINS")))

@@ -5,6 +5,9 @@ implementation may accept any subset of them. Unless a hook says "first result w
 implementation runs and the results are collected in a list (newest-registered plugin first).
 Built-in behaviour ships as ordinary plugins in ``plugins/`` (see ``plugins.DEFAULT_PLUGINS``);
 third-party packages register under the ``chatapp`` entry-point group.
+
+Per-request hooks also receive ``host`` (``chatapp.host.Host``): the app's settings and a Redis
+client with ``host.key(...)`` for keys in the app's namespace, so plugins keep no global state.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover
+    from chatapp.host import Host
     from chatapp.models import CachedReply, ChatRequest, Cost, GenerationResult, Persona, Provider
 
 PROJECT = "chatapp"
@@ -41,7 +45,7 @@ def register_personas(config: "Mapping[str, Any]") -> "list[Persona]":
 
 
 @hookspec(firstresult=True)
-def get_cached_reply(request: "ChatRequest") -> "CachedReply | None":
+def get_cached_reply(request: "ChatRequest", host: "Host") -> "CachedReply | None":
     """Return a stored reply for this request, or None. First non-None result wins.
 
     Called in the web process before a job is enqueued, unless ``request.cache`` is "refresh" or
@@ -51,7 +55,7 @@ def get_cached_reply(request: "ChatRequest") -> "CachedReply | None":
 
 
 @hookspec
-def before_generation(request: "ChatRequest") -> None:
+def before_generation(request: "ChatRequest", host: "Host") -> None:
     """Inspect a request before it is accepted; raise a ``ChatAppError`` to refuse it.
 
     Called in the web process for every send, before the cache lookup and before anything is
@@ -62,7 +66,7 @@ def before_generation(request: "ChatRequest") -> None:
 
 @hookspec(firstresult=True)
 def price_generation(
-    request: "ChatRequest", result: "GenerationResult", provider: "Provider | None"
+    request: "ChatRequest", result: "GenerationResult", provider: "Provider | None", host: "Host"
 ) -> "Cost | None":
     """Return the ``Cost`` of a finished generation, or None to let the next plugin decide.
 
@@ -75,7 +79,7 @@ def price_generation(
 
 
 @hookspec
-def after_generation(request: "ChatRequest", result: "GenerationResult") -> None:
+def after_generation(request: "ChatRequest", result: "GenerationResult", host: "Host") -> None:
     """React to a finished reply: store it in a cache, settle a budget, record analytics.
 
     Called in a worker process once per reply, however it ended (done, failed or cancelled; from

@@ -41,11 +41,26 @@ class Message:
 
 
 @dataclass
+class Step:
+    """One labelled part of a structured reply (e.g. analyze -> think -> answer)."""
+
+    name: str  # machine name, e.g. "analyze"
+    label: str = ""  # shown to people, e.g. "Analysis"
+    instruction: str = ""  # what the model is told to do in this part
+
+
+#: who shares a persona's cached replies: each user alone, everyone using the persona, or anyone
+CACHE_SCOPES = ("user", "persona", "global")
+
+
+@dataclass
 class Persona:
     """A character or assistant: its system prompt and defaults.
 
     Only ``name`` is required; a persona package usually sets ``system_prompt``, ``description``
-    and ``greeting`` too.
+    and ``greeting`` too. ``system_prompt`` is a template: ``{{user}}`` (the user's name),
+    ``{{char}}`` (the display name), ``{{date}}`` (today, UTC) and ``{{original}}`` (the app's
+    default system prompt, as character cards use it) are filled in when a prompt is rendered.
     """
 
     name: str
@@ -53,19 +68,50 @@ class Persona:
     description: str = ""
     greeting: str = ""
     display_name: str = ""
+    #: more opening lines a client may offer instead of ``greeting``
+    alternate_greetings: list[str] = field(default_factory=list)
+    #: example exchanges shown to the model after the system prompt (card ``mes_example`` style)
+    example_dialogue: str = ""
     #: default sampling parameters (temperature, max_tokens, top_p)
     params: dict[str, Any] = field(default_factory=dict)
     provider: str | None = None
     model: str | None = None
     #: how many prompt tokens of history this persona may use; None: the app's default
     history_budget: int | None = None
-    #: anything else a plugin wants to carry along (kept, never interpreted by the host)
+    #: structured replies: each step streamed as its own labelled part
+    steps: list[Step] = field(default_factory=list)
+    #: caching: None (follow the request), or "user" / "persona" / "global" (see CACHE_SCOPES)
+    cache_scope: str | None = None
+    #: notes for people (e.g. a card's creator_notes); never sent to the model
+    creator_notes: str = ""
+    tags: list[str] = field(default_factory=list)
+    #: anything else a plugin wants to carry along (kept, never interpreted by the host; card
+    #: importers keep unknown fields and extensions here so export gives the same card back)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["display_name"] = self.display_name or self.name
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Persona":
+        known = {f for f in cls.__dataclass_fields__}
+        values = {k: v for k, v in data.items() if k in known}
+        values["steps"] = [s if isinstance(s, Step) else Step(**s) for s in values.get("steps") or []]
+        return cls(**values)
+
+    def content_hash(self) -> str:
+        """A version id of everything that shapes replies: a conversation pins the version it
+        started with, so editing a persona never silently rewrites old chats."""
+        import hashlib
+        import json
+
+        data = self.to_dict()
+        for key in ("description", "creator_notes", "tags", "alternate_greetings", "greeting"):
+            data.pop(key, None)
+        raw = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+        return hashlib.sha256(raw.encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """Prompt rendering: the persona's system prompt plus as much history as fits a token budget."""
 from __future__ import annotations
 
+import re
+from datetime import date
 from typing import Iterable
 
 from chatapp.models import Message, Persona
@@ -13,8 +15,29 @@ def estimate_tokens(text: str) -> int:
     return max(1, (len(text) + 3) // 4)
 
 
+def fill_template(text: str, *, user: str, char: str, original: str = "") -> str:
+    """Fill the placeholders character cards use: {{user}}, {{char}}, {{date}}, {{original}}
+    (and the older <USER>/<BOT>), case-insensitively."""
+    values = {"user": user, "char": char, "date": date.today().isoformat(), "original": original}
+    text = re.sub(r"\{\{\s*(user|char|date|original)\s*\}\}", lambda m: values[m.group(1).lower()], text,
+                  flags=re.IGNORECASE)
+    return text.replace("<USER>", user).replace("<BOT>", char)
+
+
+def system_text(persona: Persona | None, user_name: str, default_prompt: str) -> str:
+    """The persona's system prompt with its placeholders filled, plus its example dialogue."""
+    if persona is None:
+        return default_prompt
+    char = persona.display_name or persona.name
+    text = fill_template(persona.system_prompt or "{{original}}", user=user_name, char=char, original=default_prompt)
+    if persona.example_dialogue:
+        example = fill_template(persona.example_dialogue, user=user_name, char=char)
+        text += "\n\nExample dialogue:\n" + example
+    return text
+
+
 def render_messages(persona: Persona | None, history: Iterable[dict[str, str]], new_user_text: str | None,
-                    budget_tokens: int) -> list[Message]:
+                    budget_tokens: int, user_name: str = "User", default_prompt: str = "") -> list[Message]:
     """System prompt, then the newest turns that fit ``budget_tokens``, oldest first.
 
     ``history`` holds stored message hashes, oldest first; failed or empty replies are left out.
@@ -25,7 +48,7 @@ def render_messages(persona: Persona | None, history: Iterable[dict[str, str]], 
              if h["role"] == "user" or (h.get("state") in USABLE_REPLY_STATES and h.get("content"))]
     if new_user_text is not None:
         turns.append(Message("user", new_user_text))
-    system = persona.system_prompt if persona and persona.system_prompt else ""
+    system = system_text(persona, user_name, default_prompt)
     remaining = budget_tokens - (estimate_tokens(system) if system else 0)
     kept: list[Message] = []
     for i, turn in enumerate(reversed(turns)):

@@ -33,6 +33,7 @@ def conversation_resource(h: dict[str, str]) -> dict[str, Any]:
         "id": h["id"],
         "title": h.get("title", ""),
         "persona": h.get("persona", ""),
+        "persona_version": h.get("persona_version", ""),
         "provider": h.get("provider", ""),
         "model": h.get("model", ""),
         "params": _loads(h.get("params"), {}),

@@ -81,7 +81,8 @@ class Finisher(threading.Thread):
                 log.info("after_generation skipped for %s: %s", mid, err.message)
             else:
                 try:
-                    self.ext.pm.hook.after_generation(request=request, result=result_from_record(h))
+                    self.ext.pm.hook.after_generation(request=request, result=result_from_record(h),
+                                                      host=self.ext.host)
                 except Exception:
                     log.exception("after_generation failed for %s", mid)
         with self.ext.redis.pipeline(transaction=False) as pipe:

@@ -139,7 +139,8 @@ class ReplyRun:
         pm = self.ext.pm
         result.text = self.ext.redis.get(f"{self.ext.prefix}msg:{self.mid}:partial") or ""
         try:
-            result.cost = pm.hook.price_generation(request=request, result=result, provider=provider)
+            result.cost = pm.hook.price_generation(request=request, result=result, provider=provider,
+                                                  host=self.ext.host)
         except Exception:
             log.exception("price_generation failed for %s; recording no cost", self.mid)
         if not self.ext.replies.finish(self.mid, self.token, result):

@@ -61,7 +61,9 @@ def patch_conversation(cid: str) -> Any:
     ext().store.conversation(user.id, cid)
     data = load(ConversationPatchSchema(), json_body())
     if "persona" in data:
-        ext().catalog.persona(data["persona"])  # 400 for an unknown persona
+        persona = ext().catalog.persona(data["persona"])  # 400 for an unknown persona
+        if persona is not None:
+            data["persona_version"] = ext().persona_versions.pin(persona)
     return jsonify(ext().store.update_conversation(user.id, cid, data))
 
 
