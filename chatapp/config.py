@@ -26,6 +26,10 @@ DEFAULTS: dict[str, Any] = {
     # what {{original}} in a persona's system prompt stands for (and the prompt with no persona)
     "DEFAULT_SYSTEM_PROMPT": "You are a helpful assistant.",
     "BUNDLED_EMULATOR": True,  # no provider configured: use the bundled RunPod emulator
+    # response cache (plugins.cache)
+    "CACHE_ENABLED": True,
+    "CACHE_TTL_S": 24 * 3600,
+    "CACHE_SCOPE": "user",  # user | persona | global, unless the persona says otherwise
     # limits
     "MAX_CONTENT_LENGTH": 1024 * 1024,  # any request body (Flask's own setting)
     "MAX_MESSAGE_BYTES": 32 * 1024,

@@ -7,4 +7,6 @@ DEFAULT_PLUGINS = (
     "plugins.openai_compat",
     "plugins.personas",
     "plugins.pricing",
+    "plugins.cache",
+    "plugins.usage",
 )

@@ -1,0 +1,191 @@
+"""Usage and cost analytics: per-day aggregates per user, persona, model and overall, a per-reply
+log for CSV export, and ``GET /api/v1/usage`` (plus admin views).
+
+Recorded from ``after_generation``, which the outbox may deliver twice if a worker dies
+mid-hook: one Lua call checks a per-reply guard and applies every increment, so each reply is
+counted exactly once.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from chatapp.auth import load_user, require_admin
+from chatapp.errors import InvalidRequest
+from chatapp.hookspecs import hookimpl
+from chatapp.host import Host
+from chatapp.models import ChatRequest, GenerationResult
+from plugins.cache import cache_stats
+
+RECORD_ONCE = """
+if not redis.call('SET', ARGV[1], '1', 'NX', 'EX', ARGV[2]) then return 0 end
+local nkeys = tonumber(ARGV[3])
+local pairs_at = 4 + nkeys
+for i = 4, 3 + nkeys do
+  for j = pairs_at, #ARGV - 1, 2 do
+    if ARGV[j] == '--log--' then break end
+    redis.call('HINCRBY', ARGV[i], ARGV[j], ARGV[j + 1])
+  end
+end
+for j = pairs_at, #ARGV do
+  if ARGV[j] == '--log--' then
+    local fields = {}
+    for k = j + 2, #ARGV do fields[#fields + 1] = ARGV[k] end
+    redis.call('XADD', ARGV[j + 1], 'MAXLEN', '~', 1000000, '*', unpack(fields))
+    break
+  end
+end
+return 1
+"""
+COUNTERS = ("replies", "done", "failed", "cancelled", "cached", "cost_micros", "cost_saved_micros", "input_tokens",
+            "output_tokens", "ttft_ms_sum", "ttft_n", "total_ms_sum", "total_n", "reply_chars", "prompt_chars")
+LOG_FIELDS = ("time", "message_id", "conversation_id", "user_id", "persona", "provider", "model", "state", "cached",
+              "cost_micros", "cost_saved_micros", "input_tokens", "output_tokens", "ttft_ms", "total_ms",
+              "reply_chars", "prompt_chars", "finish_reason")
+MAX_DAYS = 366
+
+
+def day_of(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d")
+
+
+def increments(request: ChatRequest, result: GenerationResult) -> dict[str, int]:
+    out = {"replies": 1, result.state: 1, "cached": int(result.cached),
+           "cost_micros": result.cost.micros if result.cost else 0,
+           "cost_saved_micros": int(result.meta.get("cost_saved_micros", 0)) if result.cached else 0,
+           "input_tokens": result.usage.input_tokens, "output_tokens": result.usage.output_tokens,
+           "reply_chars": len(result.text), "prompt_chars": len(request.prompt_text)}
+    if result.first_token_at and result.started_at and not result.cached:
+        out.update(ttft_ms_sum=int((result.first_token_at - result.started_at) * 1000), ttft_n=1)
+    if result.finished_at and result.started_at and not result.cached:
+        out.update(total_ms_sum=int((result.finished_at - result.started_at) * 1000), total_n=1)
+    return out
+
+
+@hookimpl
+def after_generation(request: ChatRequest, result: GenerationResult, host: Host) -> None:
+    day = day_of(result.finished_at or time.time())
+    persona = request.persona.name if request.persona else ""
+    keys = [host.key("usage", "user", request.user_id, day), host.key("usage", "all", day),
+            host.key("usage", "persona", persona, day), host.key("usage", "model", f"{result.provider}/{result.model}", day)]
+    inc = increments(request, result)
+    log = {"time": f"{result.finished_at or time.time():.3f}", "message_id": result.message_id,
+           "conversation_id": request.conversation_id, "user_id": request.user_id, "persona": persona,
+           "provider": result.provider, "model": result.model, "state": result.state, "cached": int(result.cached),
+           "ttft_ms": inc.get("ttft_ms_sum", ""), "total_ms": inc.get("total_ms_sum", ""),
+           "finish_reason": result.finish_reason or "", **{k: inc[k] for k in ("cost_micros", "cost_saved_micros",
+           "input_tokens", "output_tokens", "reply_chars", "prompt_chars")}}
+    args: list[Any] = [host.key("usage", "seen", result.message_id), 30 * 86400, len(keys), *keys]
+    for name, amount in inc.items():
+        args += [name, amount]
+    args += ["--log--", host.key("usage", "log")]
+    for name in LOG_FIELDS:
+        args += [name, log[name]]
+    host.redis.eval(RECORD_ONCE, 0, *args)
+
+
+def summarize(rows: list[dict[str, int]]) -> dict[str, Any]:
+    total = {name: sum(r.get(name, 0) for r in rows) for name in COUNTERS}
+    replies = total["replies"]
+    paid = replies - total["cached"]
+    return {
+        "totals": {"replies": replies, "done": total["done"], "failed": total["failed"],
+                   "cancelled": total["cancelled"], "cached": total["cached"],
+                   "cost_usd": total["cost_micros"] / 1e6, "cost_saved_usd": total["cost_saved_micros"] / 1e6,
+                   "input_tokens": total["input_tokens"], "output_tokens": total["output_tokens"]},
+        "averages": {
+            "cost_per_reply_usd": round(total["cost_micros"] / 1e6 / replies, 8) if replies else 0.0,
+            "cost_per_generated_reply_usd": round(total["cost_micros"] / 1e6 / paid, 8) if paid else 0.0,
+            "time_to_first_token_s": round(total["ttft_ms_sum"] / total["ttft_n"] / 1000, 3) if total["ttft_n"] else None,
+            "total_time_s": round(total["total_ms_sum"] / total["total_n"] / 1000, 3) if total["total_n"] else None,
+            "reply_chars": round(total["reply_chars"] / replies, 1) if replies else 0.0,
+            "prompt_chars": round(total["prompt_chars"] / replies, 1) if replies else 0.0,
+        },
+    }
+
+
+def read_days(host: Host, scope: list[str], days: int) -> list[tuple[str, dict[str, int]]]:
+    today = datetime.now(timezone.utc).date()
+    names = [(today - timedelta(days=i)).isoformat() for i in range(days - 1, -1, -1)]
+    with host.redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.hgetall(host.key("usage", *scope, name))
+        rows = pipe.execute()
+    return [(name, {k: int(v) for k, v in row.items()}) for name, row in zip(names, rows)]
+
+
+def usage_report(host: Host, scope: list[str], days: int) -> dict[str, Any]:
+    daily = read_days(host, scope, days)
+    report = summarize([row for _, row in daily])
+    totals = report["totals"]
+    last_week = summarize([row for _, row in daily[-7:]])["totals"]
+    report["projections"] = {
+        "per_1000_requests_usd": round(report["averages"]["cost_per_reply_usd"] * 1000, 6),
+        "per_month_usd": round(last_week["cost_usd"] / min(7, days) * 30, 6),
+    }
+    report["period"] = {"days": days, "from": daily[0][0], "to": daily[-1][0]}
+    report["daily"] = [{"date": name, "replies": row.get("replies", 0), "cost_usd": row.get("cost_micros", 0) / 1e6,
+                        "cached": row.get("cached", 0), "cost_saved_usd": row.get("cost_saved_micros", 0) / 1e6,
+                        "output_tokens": row.get("output_tokens", 0)} for name, row in daily]
+    del totals  # report["totals"] already holds them
+    return report
+
+
+def days_arg() -> int:
+    raw = request.args.get("days", "30")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_DAYS:
+        raise InvalidRequest(f"days must be a whole number from 1 to {MAX_DAYS}.", code="invalid_days")
+    return int(raw)
+
+
+def as_csv(rows: list[dict[str, Any]], filename: str) -> Response:
+    out = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return Response(out.getvalue(), mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+bp = Blueprint("usage", __name__)
+
+
+@bp.get("/api/v1/usage")
+def my_usage() -> Any:
+    user = load_user()
+    host = current_app.extensions["chatapp"].host
+    report = usage_report(host, ["user", user.id], days_arg())
+    if request.args.get("format") == "csv":
+        return as_csv(report["daily"], "usage.csv")
+    report["cache"] = cache_stats(host, user.id)
+    return jsonify(report)
+
+
+@bp.get("/api/v1/admin/usage")
+@require_admin
+def all_usage() -> Any:
+    host = current_app.extensions["chatapp"].host
+    report = usage_report(host, ["all"], days_arg())
+    report["cache"] = cache_stats(host)
+    return jsonify(report)
+
+
+@bp.get("/api/v1/admin/usage/messages.csv")
+@require_admin
+def message_log() -> Any:
+    """Per-reply metadata (lengths, times, cost, cached) of the last ``days`` days, oldest first."""
+    host = current_app.extensions["chatapp"].host
+    since_ms = int((time.time() - days_arg() * 86400) * 1000)
+    entries = host.redis.xrange(host.key("usage", "log"), min=f"{since_ms}-0", max="+", count=100_000)
+    return as_csv([{name: fields.get(name, "") for name in LOG_FIELDS} for _, fields in entries], "messages.csv")
+
+
+@hookimpl
+def register_blueprints() -> list[Blueprint]:
+    return [bp]

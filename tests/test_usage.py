@@ -1,0 +1,89 @@
+"""Usage analytics: totals, averages, projections, CSV, admin views, counted exactly once."""
+from __future__ import annotations
+
+import csv
+import io
+import time
+import types
+
+import pytest
+
+from chatapp import Cost, hookimpl
+from chatapp.chat import request_for_reply, result_from_record
+from plugins import usage
+from tests.conftest import InThreadWorker, auth, make_app
+
+
+@pytest.fixture()
+def priced(app_config):
+    module = types.ModuleType("price_3000")
+    module.price_generation = hookimpl(lambda request, result: Cost(3000))
+    app = make_app(app_config, extra_plugins=(module,))
+    ext = app.extensions["chatapp"]
+    worker = InThreadWorker(ext)
+    yield app, ext
+    worker.stop()
+    ext.relay.stop()
+    ext.clients.close()
+
+
+def settled(client, key, replies, timeout=10):
+    deadline = time.time() + timeout
+    while True:
+        report = client.get("/api/v1/usage", headers=auth(key)).json
+        if report["totals"]["replies"] >= replies or time.time() > deadline:
+            return report
+        time.sleep(0.05)
+
+
+def test_usage_totals_averages_cache_and_projections(priced):
+    app, ext = priced
+    c = app.test_client()
+    _, key = ext.users.create("spender")
+    for question in ("one", "two", "one"):  # the second "one" is a cache hit
+        assert c.post("/api/v1/chat", json={"message": question}, headers=auth(key)).status_code == 200
+        time.sleep(0.3)  # let the first "one" reach the cache before it is asked again
+    report = settled(c, key, 3)
+    totals = report["totals"]
+    assert totals["replies"] == 3 and totals["done"] == 3 and totals["cached"] == 1
+    assert totals["cost_usd"] == 0.006 and totals["cost_saved_usd"] == 0.003
+    assert report["averages"]["cost_per_reply_usd"] == 0.002
+    assert report["averages"]["time_to_first_token_s"] is not None
+    assert report["projections"]["per_1000_requests_usd"] == 2.0
+    assert report["cache"]["hits"] == 1 and report["period"]["days"] == 30
+    assert report["daily"][-1]["replies"] == 3
+    rows = list(csv.DictReader(io.StringIO(c.get("/api/v1/usage?format=csv&days=3", headers=auth(key)).get_data(
+        as_text=True))))
+    assert len(rows) == 3 and rows[-1]["replies"] == "3"
+
+
+def test_counted_once_even_if_the_outbox_delivers_twice(priced):
+    app, ext = priced
+    _, key = ext.users.create("twice")
+    body = app.test_client().post("/api/v1/chat", json={"message": "dup"}, headers=auth(key)).json
+    settled(app.test_client(), key, 1)
+    request, _ = request_for_reply(ext, body["message_id"])
+    record = ext.redis.hgetall(f"{ext.prefix}msg:{body['message_id']}")
+    usage.after_generation(request, result_from_record(record), ext.host)  # a redelivery
+    assert settled(app.test_client(), key, 1)["totals"]["replies"] == 1
+
+
+def test_admin_views_and_message_log(priced):
+    app, ext = priced
+    c = app.test_client()
+    _, key = ext.users.create("worker-bee")
+    _, admin = ext.users.create("queen", admin=True)
+    c.post("/api/v1/chat", json={"message": "log me"}, headers=auth(key))
+    settled(c, key, 1)
+    assert c.get("/api/v1/admin/usage", headers=auth(key)).status_code == 403
+    assert c.get("/api/v1/admin/usage", headers=auth(admin)).json["totals"]["replies"] >= 1
+    log = list(csv.DictReader(io.StringIO(c.get("/api/v1/admin/usage/messages.csv?days=1",
+                                                 headers=auth(admin)).get_data(as_text=True))))
+    assert log and log[-1]["cost_micros"] == "3000" and log[-1]["state"] == "done" and int(log[-1]["reply_chars"]) > 0
+    assert "log me" not in c.get("/api/v1/admin/usage/messages.csv", headers=auth(admin)).get_data(as_text=True)
+
+
+def test_days_is_validated(client, user_key):
+    r = client.get("/api/v1/usage?days=0", headers=auth(user_key))
+    assert r.status_code == 400 and r.json["error"]["code"] == "invalid_days"
+    assert client.get("/api/v1/usage").status_code == 401
