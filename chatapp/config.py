@@ -30,6 +30,10 @@ DEFAULTS: dict[str, Any] = {
     "CACHE_ENABLED": True,
     "CACHE_TTL_S": 24 * 3600,
     "CACHE_SCOPE": "user",  # user | persona | global, unless the persona says otherwise
+    # spending limits (plugins.budgets): USD per user per UTC day / month; None = no limit
+    "BUDGET_DAILY_USD": None,
+    "BUDGET_MONTHLY_USD": None,
+    "BUDGET_RESERVE_USD": 0.01,  # held per reply while it runs, settled to the real cost at its end
     # limits
     "MAX_CONTENT_LENGTH": 1024 * 1024,  # any request body (Flask's own setting)
     "MAX_MESSAGE_BYTES": 32 * 1024,

@@ -9,4 +9,5 @@ DEFAULT_PLUGINS = (
     "plugins.pricing",
     "plugins.cache",
     "plugins.usage",
+    "plugins.budgets",
 )

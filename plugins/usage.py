@@ -20,6 +20,7 @@ from chatapp.errors import InvalidRequest
 from chatapp.hookspecs import hookimpl
 from chatapp.host import Host
 from chatapp.models import ChatRequest, GenerationResult
+from plugins.budgets import budget_status
 from plugins.cache import cache_stats
 
 RECORD_ONCE = """
@@ -164,6 +165,7 @@ def my_usage() -> Any:
     if request.args.get("format") == "csv":
         return as_csv(report["daily"], "usage.csv")
     report["cache"] = cache_stats(host, user.id)
+    report["budget"] = budget_status(host, user.id)
     return jsonify(report)
 
 
