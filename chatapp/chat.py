@@ -65,19 +65,20 @@ def request_for_reply(ext: "ChatApp", mid: str) -> tuple[ChatRequest, Provider]:
         raise GenerationLost("The conversation was deleted.", code="conversation_deleted")
     provider = ext.catalog.provider(h.get("provider"))
     user = ext.users.get(h["user_id"])
-    request = render_request(ext, conv, mid, h["user_id"], user.name if user else "User",
-                             ext.store.history(h["conversation_id"], upto_mid=mid), None,
+    request = render_request(ext, conv, mid, h["user_id"], user.name if user else "User", mid, None,
                              provider.id, h.get("model", ""), json.loads(h.get("params") or "{}"), h.get("cache", "use"))
     return request, provider
 
 
 def render_request(ext: "ChatApp", conv: dict[str, str], mid: str, user_id: str, user_name: str,
-                   history: list[dict[str, str]], new_user_text: str | None, provider_id: str, model: str,
-                   params: dict[str, Any], cache_mode: str) -> ChatRequest:
+                   history_before: str | None, new_user_text: str | None, provider_id: str, model: str,
+                   params: dict[str, Any], cache_mode: str, stored: bool = True) -> ChatRequest:
     """The ChatRequest for reply ``mid``: the pinned persona's filled-in system prompt and the
-    history that fits its budget (the web renders before storing the new message, the worker after)."""
+    history that fits its budget. The web renders before storing the new message
+    (``new_user_text``, history up to now), the worker after (history before ``history_before``)."""
     persona = conversation_persona(ext, conv)
     budget = persona.history_budget if persona and persona.history_budget else ext.config["HISTORY_TOKEN_BUDGET"]
+    history = ext.store.history(conv["id"], history_before, budget_tokens=budget) if stored else []
     messages = render_messages(persona, history, new_user_text, budget, user_name=user_name,
                                default_prompt=ext.config["DEFAULT_SYSTEM_PROMPT"])
     return ChatRequest(message_id=mid, conversation_id=conv["id"], user_id=user_id, provider=provider_id,
@@ -138,20 +139,19 @@ class ChatService:
         new_conv = None
         if conversation_id:
             conv = ext.store.conversation(user.id, conversation_id)
-            history = ext.store.history(conversation_id)
         else:
             title = content.strip().splitlines()[0][: self.config["MAX_TITLE_CHARS"]]
             conversation_id, new_conv = self.new_conversation(user, title=title, persona=persona,
                                                               system_prompt=system_prompt)
             conv = {k: str(v) for k, v in new_conv.items()}
-            history = []
         persona_obj = conversation_persona(ext, conv)
         provider = ext.catalog.provider(conv.get("provider") or None)
         merged = {**(persona_obj.params if persona_obj else {}), **json.loads(conv.get("params") or "{}"), **params}
         cache_mode = merged.pop("cache", "use")
         user_mid, reply_mid = new_id("m"), new_id("m")
-        request = render_request(ext, conv, reply_mid, user.id, user.name, history, content, provider.id,
-                                 conv.get("model") or ext.catalog.model_for(provider, None), merged, cache_mode)
+        request = render_request(ext, conv, reply_mid, user.id, user.name, None, content, provider.id,
+                                 conv.get("model") or ext.catalog.model_for(provider, None), merged, cache_mode,
+                                 stored=new_conv is None)
         ext.pm.hook.before_generation(request=request, host=ext.host)
         cached: CachedReply | None = None
         if cache_mode == "use":

@@ -11,7 +11,7 @@ from typing import Any
 import redis
 
 SCRIPT_NAMES = (
-    "send", "claim", "append", "save_state", "finish", "cancel", "renew", "reap", "delete_conversation",
+    "send", "claim", "append", "save_state", "finish", "cancel", "renew", "reap", "delete_conversation", "history",
 )
 
 

@@ -219,14 +219,18 @@ class Store:
                 pipe.hgetall(f"{self.p}msg:{mid}")
             return [h for h in pipe.execute() if h]
 
-    def history(self, cid: str, upto_mid: str | None = None, max_messages: int = 200) -> list[dict[str, str]]:
-        """The latest messages before ``upto_mid`` (all latest when None), oldest first."""
-        key = f"{self.p}conv:{cid}:msgs"
+    def history(self, cid: str, upto_mid: str | None = None, budget_tokens: int | None = None,
+                max_messages: int = 200) -> list[dict[str, str]]:
+        """The latest turns before ``upto_mid`` (the newest when None), oldest first: only role,
+        content and state, gathered server-side in one call and no further back than
+        ``budget_tokens`` can use, so a send costs O(budget), not O(conversation)."""
         top = "+inf"
         if upto_mid is not None:
-            score = self.redis.zscore(key, upto_mid)
+            score = self.redis.zscore(f"{self.p}conv:{cid}:msgs", upto_mid)
             if score is None:
                 return []
             top = f"({int(score)}"
-        mids = self.redis.zrange(key, top, "-inf", desc=True, byscore=True, offset=0, num=max_messages)
-        return list(reversed(self.messages_by_id(mids)))
+        flat = self.scripts.history(args=[self.p, cid, top, -1 if budget_tokens is None else budget_tokens,
+                                          max_messages])
+        turns = [{"role": flat[i], "content": flat[i + 1], "state": flat[i + 2]} for i in range(0, len(flat), 3)]
+        return list(reversed(turns))
