@@ -23,6 +23,7 @@ DEFAULTS: dict[str, Any] = {
     "PLUGINS": "",  # comma-separated extra plugin modules to import (dotted names)
     "DEFAULT_PROVIDER": None,  # None: runpod if configured, else echo
     "DEFAULT_PERSONA": "assistant",
+    "PERSONAS_DIR": None,  # a folder of persona files (YAML, JSON, Character Card JSON or PNG)
     # what {{original}} in a persona's system prompt stands for (and the prompt with no persona)
     "DEFAULT_SYSTEM_PROMPT": "You are a helpful assistant.",
     "BUNDLED_EMULATOR": True,  # no provider configured: use the bundled RunPod emulator

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import datetime, timezone
 from typing import Iterable
 
 from chatapp.models import Message, Persona
@@ -18,7 +18,7 @@ def estimate_tokens(text: str) -> int:
 def fill_template(text: str, *, user: str, char: str, original: str = "") -> str:
     """Fill the placeholders character cards use: {{user}}, {{char}}, {{date}}, {{original}}
     (and the older <USER>/<BOT>), case-insensitively."""
-    values = {"user": user, "char": char, "date": date.today().isoformat(), "original": original}
+    values = {"user": user, "char": char, "date": datetime.now(timezone.utc).date().isoformat(), "original": original}
     text = re.sub(r"\{\{\s*(user|char|date|original)\s*\}\}", lambda m: values[m.group(1).lower()], text,
                   flags=re.IGNORECASE)
     return text.replace("<USER>", user).replace("<BOT>", char)

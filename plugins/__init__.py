@@ -6,6 +6,7 @@ DEFAULT_PLUGINS = (
     "plugins.runpod",
     "plugins.openai_compat",
     "plugins.personas",
+    "plugins.persona_dir",
     "plugins.pricing",
     "plugins.cache",
     "plugins.usage",
