@@ -25,3 +25,4 @@ def create_user(name: str, admin: bool) -> None:
 
 def init_app(app: Flask) -> None:
     app.cli.add_command(users_cli)
+    app.extensions["chatapp"].pm.hook.register_commands(cli=app.cli)

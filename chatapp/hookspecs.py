@@ -92,6 +92,16 @@ def after_generation(request: "ChatRequest", result: "GenerationResult", host: "
 
 
 @hookspec
+def register_commands(cli: Any) -> None:
+    """Add commands to the ``flask --app wsgi ...`` command line.
+
+    Called once at app creation with ``cli``, the app's click group (``app.cli``): call
+    ``cli.add_command(...)``. Commands run inside the app context, so
+    ``flask.current_app.extensions["chatapp"]`` is available.
+    """
+
+
+@hookspec
 def register_blueprints() -> "list":
     """Return Flask blueprints to mount on the app.
 

@@ -146,7 +146,8 @@ class Replies:
             cached=result.cached,
             error=error,
             meta={**result.meta, "attempt": result.attempt, "first_token_at": result.first_token_at,
-                  "started_at": result.started_at, "finished_at": result.finished_at},
+                  "started_at": result.started_at, "finished_at": result.finished_at,
+                  "cost_breakdown": result.cost.breakdown if result.cost else {}},
         )
         return self.scripts.finish(args=[self.prefix, mid, token, fin]) != -1
 

@@ -67,6 +67,7 @@ def message_resource(h: dict[str, str], partial: str | None = None) -> dict[str,
             "model": h.get("model", ""),
             "seq": int(h.get("seq", 0)),
             "finished_at": iso(h.get("finished_at")),
+            "cost_breakdown": _loads(h.get("meta"), {}).get("cost_breakdown") or {},
         })
         if h.get("error"):
             out["error"] = _loads(h.get("error"), {})

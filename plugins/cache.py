@@ -14,7 +14,9 @@ import json
 import time
 from typing import Any
 
+import click
 from flask import Blueprint, current_app, jsonify
+from flask.cli import AppGroup
 
 from chatapp.auth import require_admin
 from chatapp.hookspecs import hookimpl
@@ -140,3 +142,60 @@ def admin_clear() -> Any:
 @hookimpl
 def register_blueprints() -> list[Blueprint]:
     return [admin]
+
+
+cache_cli = AppGroup("cache", help="The response cache.")
+
+
+@cache_cli.command("preload")
+@click.argument("questions", type=click.File("r", encoding="utf-8"))
+@click.option("--persona", required=True, help="The persona whose answers to cache (e.g. faq-bot).")
+@click.option("--user", "user_name", default="cache-preloader", show_default=True,
+              help="The user the questions are asked as (created if missing).")
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for each answer.")
+def preload(questions: Any, persona: str, user_name: str, timeout: float) -> None:
+    """Ask every line of QUESTIONS (one question a line) so the answers are cached.
+
+    Needs a running worker. Useful for personas whose cache scope is "persona" or "global"
+    (an FAQ bot): with "user" scope only the preloading user would ever hit the entries.
+    """
+    ext = current_app.extensions["chatapp"]
+    target = ext.catalog.persona(persona)
+    scope = (target.cache_scope if target and target.cache_scope else None) or ext.config["CACHE_SCOPE"]
+    if scope == "user":
+        click.echo(f"warning: persona {persona!r} caches per user; other users will not hit these entries", err=True)
+    if ext.live_workers() == 0:
+        raise click.ClickException("No worker is running: start one (python -m workers) and try again.")
+    user = ext.users.by_name(user_name) or ext.users.create(user_name)[0]
+    done = cached = failed = 0
+    for line in questions:
+        question = line.strip()
+        if not question:
+            continue
+        accepted = ext.chat.send(user, conversation_id=None, content=question, persona=persona)
+        final = ext.relay.wait(accepted.message_id, timeout)
+        if final is None or final["type"] != "done":
+            failed += 1
+            click.echo(f"failed: {question}", err=True)
+        elif final.get("cached"):
+            cached += 1
+        else:
+            done += 1
+    click.echo(f"{done} answered and cached, {cached} already cached, {failed} failed")
+
+
+@cache_cli.command("stats")
+def stats_command() -> None:
+    """Hits, misses, hit rate, cost saved, entries and bytes."""
+    click.echo(json.dumps(cache_stats(current_app.extensions["chatapp"].host), indent=2))
+
+
+@cache_cli.command("clear")
+def clear_command() -> None:
+    """Delete every cached reply."""
+    click.echo(f"deleted {clear_cache(current_app.extensions['chatapp'].host)} entries")
+
+
+@hookimpl
+def register_commands(cli: Any) -> None:
+    cli.add_command(cache_cli)

@@ -172,9 +172,15 @@ def my_usage() -> Any:
 @bp.get("/api/v1/admin/usage")
 @require_admin
 def all_usage() -> Any:
-    host = current_app.extensions["chatapp"].host
-    report = usage_report(host, ["all"], days_arg())
+    ext = current_app.extensions["chatapp"]
+    host, days = ext.host, days_arg()
+    report = usage_report(host, ["all"], days)
     report["cache"] = cache_stats(host)
+    report["by_persona"] = {name: summarize([row for _, row in read_days(host, ["persona", name], days)])["totals"]
+                            for name in sorted(ext.catalog.personas)}
+    report["by_model"] = {f"{p.id}/{m.id}": summarize([row for _, row in read_days(host, ["model", f"{p.id}/{m.id}"],
+                                                                                      days)])["totals"]
+                          for p in ext.catalog.providers.values() for m in p.models}
     return jsonify(report)
 
 

@@ -137,3 +137,20 @@ def test_admin_stats_and_clear(cached_app):
     assert stats["entries"] == 1 and stats["bytes"] > 0 and stats["misses"] >= 1
     assert c.delete("/api/v1/admin/cache", headers=auth(admin_key)).json == {"deleted": 1}
     assert chat(app, key, "Stats?")["cached"] is False
+
+
+def test_preload_cli_fills_the_cache_for_a_shared_persona(cached_app, tmp_path):
+    app, ext = cached_app
+    questions = tmp_path / "faq.txt"
+    questions.write_text("How do I reset my password?\n\nWhere is my order?\n")
+    result = app.test_cli_runner().invoke(args=["cache", "preload", str(questions), "--persona", "faq"])
+    assert result.exit_code == 0, result.output
+    assert "2 answered and cached" in result.output
+    wait_stored(ext, 2)
+    _, key = ext.users.create("faq-reader")
+    assert chat(app, key, "Where is my order?", persona="faq")["cached"] is True
+    again = app.test_cli_runner().invoke(args=["cache", "preload", str(questions), "--persona", "faq"])
+    assert "2 already cached" in again.output
+    stats = app.test_cli_runner().invoke(args=["cache", "stats"])
+    assert '"entries": 2' in stats.output
+    assert "deleted 2 entries" in app.test_cli_runner().invoke(args=["cache", "clear"]).output

@@ -162,3 +162,15 @@ def test_hookspecs_all_documented():
     for name in names:
         assert getattr(hookspecs, name).__doc__, name
         assert f"`{name}" in doc, f"{name} missing from docs/plugin_hooks.md"
+
+
+def test_register_commands(build):
+    import click
+
+    @click.command("hello-plugin")
+    def hello():
+        click.echo("hello from a plugin")
+
+    app, _ = build(plugin_module("cmds", register_commands=lambda cli: cli.add_command(hello)))
+    result = app.test_cli_runner().invoke(args=["hello-plugin"])
+    assert result.exit_code == 0 and result.output == "hello from a plugin\n"

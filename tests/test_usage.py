@@ -76,7 +76,9 @@ def test_admin_views_and_message_log(priced):
     c.post("/api/v1/chat", json={"message": "log me"}, headers=auth(key))
     settled(c, key, 1)
     assert c.get("/api/v1/admin/usage", headers=auth(key)).status_code == 403
-    assert c.get("/api/v1/admin/usage", headers=auth(admin)).json["totals"]["replies"] >= 1
+    everyone = c.get("/api/v1/admin/usage", headers=auth(admin)).json
+    assert everyone["totals"]["replies"] >= 1
+    assert everyone["by_persona"]["assistant"]["replies"] >= 1 and everyone["by_model"]["echo/echo-1"]["cost_usd"] > 0
     log = list(csv.DictReader(io.StringIO(c.get("/api/v1/admin/usage/messages.csv?days=1",
                                                  headers=auth(admin)).get_data(as_text=True))))
     assert log and log[-1]["cost_micros"] == "3000" and log[-1]["state"] == "done" and int(log[-1]["reply_chars"]) > 0
