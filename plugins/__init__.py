@@ -11,4 +11,5 @@ DEFAULT_PLUGINS = (
     "plugins.cache",
     "plugins.usage",
     "plugins.budgets",
+    "plugins.reconcile",
 )

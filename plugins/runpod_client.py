@@ -50,6 +50,7 @@ class RunPodClient:
         stream_read_margin: float = 10.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.api_key = api_key  # for the few calls outside a job (e.g. the emulator's billing ledger)
         self.retry = retry or RetryPolicy()
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout

@@ -564,7 +564,7 @@ def test_billing_arithmetic(make_server):
     assert (worker["cold_start_s"], worker["execution_s"], worker["idle_s"]) == (0.5, 1.2, 5.0)
     assert bill["total_micro_usd"] == 7 * 1160 == 8120 and bill["total_usd"] == 0.00812
     assert bill["jobs"] == [{"job_id": job_id, "worker_id": env["workerId"], "status": "COMPLETED",
-                             "delayTime": 500, "executionTime": 1200, "cold_start_s": 0.5}]
+                             "delayTime": 500, "executionTime": 1200, "cold_start_s": 0.5, "started_s": 0.5, "ended_s": 1.7}]
     assert plain.get("billing?settle=1").json()["total_micro_usd"] == 7 * 190
 
 

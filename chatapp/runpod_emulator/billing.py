@@ -40,6 +40,10 @@ class JobCharge:
     delay_ms: int
     execution_ms: int
     cold_start_s: float
+    #: seconds since its worker's start when the job started and ended: lets a client
+    #: attribute the worker's idle seconds to the job that kept it warm
+    started_s: float = 0.0
+    ended_s: float = 0.0
 
 
 def billed_seconds(duration_s: float) -> int:
@@ -143,7 +147,8 @@ class Ledger:
             "jobs": [
                 {"job_id": c.job_id, "worker_id": c.worker_id, "status": c.status,
                  "delayTime": c.delay_ms, "executionTime": c.execution_ms,
-                 "cold_start_s": round(c.cold_start_s, 6)}
+                 "cold_start_s": round(c.cold_start_s, 6), "started_s": round(c.started_s, 6),
+                 "ended_s": round(c.ended_s, 6)}
                 for c in self.charges
             ],
         }

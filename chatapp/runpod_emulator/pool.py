@@ -204,7 +204,9 @@ class EndpointPool:
         job.execution_ms = _ms(exec_s)
         worker.session.busy_s += exec_s
         self.ledger.add_charge(JobCharge(job.id, worker.id, status, job.delay_ms or 0,
-                                         job.execution_ms, job.cold_start_s))
+                                         job.execution_ms, job.cold_start_s,
+                                         started_s=job.started_at - worker.session.start,
+                                         ended_s=now - worker.session.start))
         worker.job = None
         return worker
 
