@@ -9,13 +9,16 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from rq.timeouts import JobTimeoutException
 
 from chatapp.chat import request_for_reply
 from chatapp.errors import ChatAppError, GenerationLost, ProviderTimeout
-from chatapp.models import CANCELLED, DONE, FAILED, ChatRequest, GenerationContext, GenerationResult, Provider, Usage
+from chatapp.models import (
+    CANCELLED, DONE, FAILED, ChatRequest, GenerationContext, GenerationResult, Message, Provider, Step, Usage,
+)
 from chatapp.replies import Claim, FencedOut
 from workers import runtime
 
@@ -75,46 +78,15 @@ class ReplyRun:
         """Stream from the provider into the reply's events; None if this run was fenced out."""
         result = GenerationResult(self.mid, DONE, "", provider=provider.id, model=request.model,
                                   started_at=time.time(), attempt=claim.attempt)
-        already = claim.emitted  # text an earlier attempt delivered; the provider starts over
-        status_sent = None
-        stopped_at = None
+        # text an earlier attempt delivered: the provider starts over and we skip it
+        stream = PartStream(self, result, claim.emitted)
         try:
-            for chunk in provider.stream(request, context):
+            for index, (step, part_request) in enumerate(parts_of(request)):
                 if context.cancelled.is_set():
-                    # After Stop, text is dropped but usage and meta still count: they are what
-                    # the upstream charged for the part that ran.
-                    stopped_at = stopped_at or time.monotonic()
-                    if chunk.usage is not None:
-                        result.usage = chunk.usage
-                    result.meta.update(chunk.meta)
-                    if time.monotonic() - stopped_at > CANCEL_DRAIN_S:
-                        log.warning("reply %s: provider %s kept streaming after Stop", self.mid, provider.id)
-                        break
-                    continue
-                events: list[tuple[str, dict[str, Any], str]] = []
-                if chunk.status and chunk.status != status_sent:
-                    status_sent = chunk.status
-                    events.append(("status", {"state": chunk.status}, ""))
-                text = chunk.text
-                if text and already:
-                    overlap = min(len(text), len(already))
-                    if text[:overlap] != already[:overlap]:
-                        raise GenerationLost("The reply was interrupted and its retry wrote different text; "
-                                             "regenerate it.", code="retry_diverged")
-                    text, already = text[overlap:], already[overlap:]
-                if text:
-                    if status_sent != "generating":
-                        status_sent = "generating"
-                        events.append(("status", {"state": "generating"}, ""))
-                    result.first_token_at = result.first_token_at or time.time()
-                    events.append(("delta", {"text": text}, text))
-                if chunk.usage is not None:
-                    result.usage = chunk.usage
-                if chunk.finish_reason:
-                    result.finish_reason = chunk.finish_reason
-                result.meta.update(chunk.meta)
-                if events:
-                    self.ext.replies.append(self.mid, self.token, events)
+                    break
+                part_context = step_context(context, index) if step else context
+                heading = f"{chr(10) * 2 if index else ''}**{step.label or step.name}**{chr(10) * 2}" if step else ""
+                stream.run(provider, part_request, part_context, step.name if step else None, heading)
             if context.cancelled.is_set():
                 result.state, result.finish_reason = CANCELLED, "cancelled"
         except FencedOut:
@@ -132,7 +104,6 @@ class ReplyRun:
             log.exception("reply %s: provider %s crashed", self.mid, provider.id)
             result.state, result.error = FAILED, ChatAppError().to_dict()["error"]
         result.finished_at = time.time()
-        result.usage = result.usage or Usage()
         return result
 
     def finish(self, request: ChatRequest, provider: Provider, result: GenerationResult) -> str:
@@ -146,3 +117,107 @@ class ReplyRun:
         if not self.ext.replies.finish(self.mid, self.token, result):
             return "fenced"
         return result.state  # after_generation runs from the finished-replies outbox (finisher.py)
+
+
+def parts_of(request: ChatRequest) -> list[tuple[Step | None, ChatRequest]]:
+    """The provider calls a reply takes: one, or one per step of a structured persona. A step's
+    call sees the parts written so far and is told to write only its own part."""
+    steps = request.persona.steps if request.persona else []
+    if not steps:
+        return [(None, request)]
+    return [(step, StepRequest(request, steps, i)) for i, step in enumerate(steps)]  # type: ignore[misc]
+
+
+class StepRequest(ChatRequest):
+    """A step's request: rendered lazily, since it includes the text of the parts before it."""
+
+    def __init__(self, base: ChatRequest, steps: list[Step], index: int) -> None:
+        super().__init__(**{f: getattr(base, f) for f in base.__dataclass_fields__})
+        step = steps[index]
+        plan = ", ".join(s.label or s.name for s in steps)
+        self.messages = [*base.messages, Message(
+            "system", f"Answer in {len(steps)} parts ({plan}). Write only part {index + 1}, "
+                      f"\"{step.label or step.name}\": {step.instruction}".rstrip(": "))]
+        self.base_count = len(base.messages)
+
+    def with_previous(self, previous: str) -> "StepRequest":
+        if previous:
+            self.messages.insert(self.base_count, Message("assistant", previous))
+        return self
+
+
+def step_context(context: GenerationContext, index: int) -> GenerationContext:
+    """The context one step's provider call gets: resume state only if it was saved by that step."""
+    saved = context.resume_state or {}
+    resume = saved.get("state", {}) if saved.get("step") == index else {}
+    return replace(context, resume_state=resume,
+                   save_state=lambda state: context.save_state({"step": index, "state": state}))
+
+
+#: provider facts that add up over a reply's provider calls (a structured reply makes several)
+SUMMED_META = ("execution_ms", "delay_ms", "api_calls")
+
+
+class PartStream:
+    """Writes provider calls' chunks as the reply's events: status changes, deltas (skipping text
+    an earlier attempt already delivered), usage and meta. After Stop, text is dropped but usage
+    and meta still count: they are what the upstream charged for the part that ran."""
+
+    def __init__(self, run: ReplyRun, result: GenerationResult, already: str) -> None:
+        self.run_, self.result, self.already = run, result, already
+        self.status_sent: str | None = None
+        self.written = ""  # the reply so far, as the model wrote it (what later steps see)
+        self.result.usage = Usage()
+
+    def run(self, provider: Provider, request: ChatRequest, context: GenerationContext, part: str | None,
+            heading: str) -> None:
+        if isinstance(request, StepRequest):
+            request = request.with_previous(self.written)
+        usage: Usage | None = None
+        meta: dict[str, Any] = {}
+        stopped_at = None
+        for chunk in provider.stream(request, context):
+            usage = chunk.usage or usage
+            meta.update(chunk.meta)
+            if context.cancelled.is_set():
+                stopped_at = stopped_at or time.monotonic()
+                if time.monotonic() - stopped_at > CANCEL_DRAIN_S:
+                    log.warning("reply %s: provider %s kept streaming after Stop", self.run_.mid, provider.id)
+                    break
+                continue
+            events: list[tuple[str, dict[str, Any], str]] = []
+            if chunk.status and chunk.status != self.status_sent:
+                self.status_sent = chunk.status
+                events.append(("status", {"state": chunk.status}, ""))
+            full = chunk.text
+            if full and heading:
+                full, heading = heading + full, ""
+            self.written += full
+            text = self.skip_delivered(full)
+            if text:
+                if self.status_sent != "generating":
+                    self.status_sent = "generating"
+                    events.append(("status", {"state": "generating"}, ""))
+                self.result.first_token_at = self.result.first_token_at or time.time()
+                events.append(("delta", {"text": text, **({"part": part} if part else {})}, text))
+            if chunk.finish_reason:
+                self.result.finish_reason = chunk.finish_reason
+            if events:
+                self.run_.ext.replies.append(self.run_.mid, self.run_.token, events)
+        if usage is not None:
+            self.result.usage = Usage(self.result.usage.input_tokens + usage.input_tokens,
+                                      self.result.usage.output_tokens + usage.output_tokens)
+        for key, value in meta.items():
+            old = self.result.meta.get(key)
+            summed = key in SUMMED_META and isinstance(value, (int, float)) and isinstance(old, (int, float))
+            self.result.meta[key] = old + value if summed else value
+
+    def skip_delivered(self, text: str) -> str:
+        if not text or not self.already:
+            return text
+        overlap = min(len(text), len(self.already))
+        if text[:overlap] != self.already[:overlap]:
+            raise GenerationLost("The reply was interrupted and its retry wrote different text; regenerate it.",
+                                 code="retry_diverged")
+        self.already = self.already[overlap:]
+        return text[overlap:]
