@@ -98,6 +98,15 @@ BUNDLED_ENDPOINT_ID = "local-emulator"
 BUNDLED_PLACEHOLDER_URL = "http://127.0.0.1:9/v2"
 
 
+def as_bool(value: Any, default: bool = True) -> bool:
+    """A setting that is a JSON bool or text: "0", "false", "no" and "off" (any case) are false."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, str):
+        return value.strip().lower() not in ("0", "false", "no", "off")
+    return bool(value)
+
+
 def provider_configured(settings: Any) -> bool:
     """Whether a real provider is configured (RunPod endpoint(s) or an OpenAI-compatible server)."""
     return any(settings.get(name) for name in ("RUNPOD_ENDPOINT_ID", "RUNPOD_ENDPOINTS", "OPENAI_BASE_URL"))
@@ -107,7 +116,7 @@ def apply_bundled_emulator(config: Any) -> None:
     """With no provider configured, the default is the bundled RunPod emulator through the
     ``runpod`` provider (DESIGN.md section 7): each worker process starts one
     (``chatapp.embedded.start_bundled_emulator``); web processes only need to know the endpoint."""
-    if provider_configured(config) or not config.get("BUNDLED_EMULATOR", True):
+    if provider_configured(config) or not as_bool(config.get("BUNDLED_EMULATOR")):
         return
     config["RUNPOD_ENDPOINT_ID"] = BUNDLED_ENDPOINT_ID
     config.setdefault("RUNPOD_GPU", "L4")

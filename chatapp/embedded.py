@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Callable
 
-from chatapp.config import BUNDLED_ENDPOINT_ID, DEFAULTS, provider_configured
+from chatapp.config import BUNDLED_ENDPOINT_ID, DEFAULTS, as_bool, provider_configured
 from chatapp.redis_client import RedisClients, connect, connect_fake
 
 log = logging.getLogger("chatapp.embedded")
@@ -107,7 +107,7 @@ def start_bundled_emulator() -> tuple[dict[str, Any], Callable[[], None], str]:
     """
     if provider_configured(os.environ):
         return {}, lambda: None, "the configured provider"
-    if os.environ.get("CHATAPP_BUNDLED_EMULATOR", "true").lower() in ("0", "false", "no"):
+    if not as_bool(os.environ.get("CHATAPP_BUNDLED_EMULATOR")):
         return {}, lambda: None, "no provider (CHATAPP_BUNDLED_EMULATOR=false)"
     import secrets
 

@@ -101,7 +101,7 @@ def before_generation(request: ChatRequest, host: Host) -> None:
         resets = day_reset if out[0] == "day" else month_reset
         limit = daily if out[0] == "day" else monthly
         raise BudgetExhausted(
-            f"Your {'daily' if out[0] == 'day' else 'monthly'} spending limit of ${limit / 1e6:.2f} is reached; "
+            f"Your {'daily' if out[0] == 'day' else 'monthly'} spending limit of ${limit / 1e6:,.6g} is reached; "
             f"it resets at {resets.isoformat().replace('+00:00', 'Z')}.",
             details={"period": out[0], "limit_usd": limit / 1e6, "remaining_usd": int(out[1]) / 1e6,
                      "resets_at": resets.isoformat().replace("+00:00", "Z")})

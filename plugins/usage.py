@@ -165,7 +165,8 @@ def my_usage() -> Any:
     if request.args.get("format") == "csv":
         return as_csv(report["daily"], "usage.csv")
     report["cache"] = cache_stats(host, user.id)
-    report["budget"] = budget_status(host, user.id)
+    if current_app.extensions["chatapp"].pm.has_plugin("plugins.budgets"):
+        report["budget"] = budget_status(host, user.id)
     return jsonify(report)
 
 

@@ -89,3 +89,31 @@ def test_days_is_validated(client, user_key):
     r = client.get("/api/v1/usage?days=0", headers=auth(user_key))
     assert r.status_code == 400 and r.json["error"]["code"] == "invalid_days"
     assert client.get("/api/v1/usage").status_code == 401
+
+
+def test_reply_of_a_deleted_conversation_still_settles(app_config):
+    module = types.ModuleType("price_0")
+    app = make_app({**app_config, "BUDGET_DAILY_USD": 0.01, "BUDGET_RESERVE_USD": 0.01}, extra_plugins=(module,))
+    ext = app.extensions["chatapp"]
+    c = app.test_client()
+    try:
+        _, key = ext.users.create("deleter")
+        conv = c.post("/api/v1/conversations", json={}, headers=auth(key)).json
+        mid = c.post(f"/api/v1/conversations/{conv['id']}/messages", json={"content": "x"},
+                     headers=auth(key)).json["message_id"]
+        assert c.post(f"/api/v1/conversations/{conv['id']}/messages", json={"content": "y"},
+                      headers=auth(key)).status_code == 402  # the first holds the whole budget
+        c.post(f"/api/v1/conversations/{conv['id']}/messages/{mid}/cancel", headers=auth(key))
+        assert c.delete(f"/api/v1/conversations/{conv['id']}", headers=auth(key)).status_code == 204
+        worker = InThreadWorker(ext)  # the outbox entry outlived the conversation
+        try:
+            report = settled(c, key, 1)
+        finally:
+            worker.stop()
+        assert report["totals"]["cancelled"] == 1
+        again = c.post("/api/v1/conversations", json={}, headers=auth(key)).json
+        assert c.post(f"/api/v1/conversations/{again['id']}/messages", json={"content": "budget is free again"},
+                      headers=auth(key)).status_code == 202  # the hold was released, not stranded
+    finally:
+        ext.relay.stop()
+        ext.clients.close()

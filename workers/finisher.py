@@ -7,6 +7,7 @@ hook, then acknowledge; entries a dead worker left unacknowledged are claimed by
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -16,6 +17,7 @@ import redis
 
 from chatapp.chat import request_for_reply, result_from_record
 from chatapp.errors import ChatAppError
+from chatapp.models import ChatRequest, GenerationResult, Persona
 
 if TYPE_CHECKING:  # pragma: no cover
     from chatapp.extension import ChatApp
@@ -56,7 +58,7 @@ class Finisher(threading.Thread):
                                                   block=self.block_ms)
                 for _stream, entries in batch or []:
                     for entry_id, fields in entries:
-                        self.handle(entry_id, fields.get("m", ""))
+                        self.handle(entry_id, fields)
             except redis.RedisError as exc:
                 log.warning("finisher: Redis unavailable (%s)", type(exc).__name__)
                 next_claim = 0.0
@@ -65,26 +67,40 @@ class Finisher(threading.Thread):
                 log.exception("finisher failed; continuing")
                 self.stopping.wait(1)
 
+    def rebuild(self, mid: str, fields: dict[str, str]) -> tuple[ChatRequest, GenerationResult]:
+        """The request and result for the hook: re-rendered from the stored conversation, or, when
+        it was deleted meanwhile, from the record the outbox entry carries (no prompt, no text)."""
+        h = self.ext.redis.hgetall(f"{self.ext.prefix}msg:{mid}")
+        if h:
+            try:
+                request, _provider = request_for_reply(self.ext, mid)
+                return request, result_from_record(h)
+            except ChatAppError:
+                pass
+        record = {k[2:]: v for k, v in fields.items() if k.startswith("r.")}
+        record.update(id=mid, content="")
+        persona = self.ext.catalog.personas.get(record.get("persona", "")) or (
+            Persona(name=record["persona"]) if record.get("persona") else None)
+        request = ChatRequest(message_id=mid, conversation_id=record.get("conversation_id", ""),
+                              user_id=record.get("user_id", ""), provider=record.get("provider", ""),
+                              model=record.get("model", ""), messages=[], persona=persona,
+                              params=json.loads(record.get("params") or "{}"), cache="skip")
+        return request, result_from_record(record)
+
     def claim_abandoned(self) -> None:
         _next, entries, *_ = self.ext.redis.xautoclaim(self.stream, GROUP, self.consumer, CLAIM_IDLE_MS,
                                                        start_id="0-0", count=20)
         for entry_id, fields in entries:
             if fields:  # a trimmed entry comes back empty
-                self.handle(entry_id, fields.get("m", ""))
+                self.handle(entry_id, fields)
 
-    def handle(self, entry_id: str, mid: str) -> None:
-        h = self.ext.redis.hgetall(f"{self.ext.prefix}msg:{mid}")
-        if h:
-            try:
-                request, _provider = request_for_reply(self.ext, mid)
-            except ChatAppError as err:
-                log.info("after_generation skipped for %s: %s", mid, err.message)
-            else:
-                try:
-                    self.ext.pm.hook.after_generation(request=request, result=result_from_record(h),
-                                                      host=self.ext.host)
-                except Exception:
-                    log.exception("after_generation failed for %s", mid)
+    def handle(self, entry_id: str, fields: dict[str, str]) -> None:
+        mid = fields.get("m", "")
+        try:
+            request, result = self.rebuild(mid, fields)
+            self.ext.pm.hook.after_generation(request=request, result=result, host=self.ext.host)
+        except Exception:
+            log.exception("after_generation failed for %s", mid)
         with self.ext.redis.pipeline(transaction=False) as pipe:
             pipe.xack(self.stream, GROUP, entry_id)
             pipe.xdel(self.stream, entry_id)

@@ -34,8 +34,18 @@ local function finalize(mid, fin)
   redis.call('HSET', key, 'final_seq', seq)
   redis.call('ZREM', P .. 'leases', mid)
   redis.call('EXPIRE', P .. 'ev:' .. mid, fin.stream_ttl)
-  -- the outbox workers read to run after_generation once per reply, however it ended
-  redis.call('XADD', P .. 'finished', 'MAXLEN', '~', FIREHOSE_MAXLEN, '*', 'm', mid)
+  -- the outbox workers read to run after_generation once per reply, however it ended; it
+  -- carries the finished record (not its text) so budgets and usage settle even if the
+  -- conversation is deleted before a worker gets to it
+  local entry = {'m', mid, 'content_chars', tostring(string.len(content))}
+  local record = redis.call('HGETALL', key)
+  for i = 1, #record, 2 do
+    if record[i] ~= 'content' then
+      entry[#entry + 1] = 'r.' .. record[i]
+      entry[#entry + 1] = record[i + 1]
+    end
+  end
+  redis.call('XADD', P .. 'finished', 'MAXLEN', '~', FIREHOSE_MAXLEN, '*', unpack(entry))
   local cid = redis.call('HGET', key, 'conversation_id')
   local ckey = P .. 'conv:' .. cid
   if cid and redis.call('EXISTS', ckey) == 1 then
