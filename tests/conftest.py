@@ -3,6 +3,7 @@ to it with a fresh key prefix and queue per test, an in-thread pooled worker, an
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -142,6 +143,20 @@ class InThreadWorker:
         self.worker.stop_soon()
         self.thread.join(timeout=15)
         self.services.stop()
+
+
+@contextlib.contextmanager
+def app_with_worker(config: dict[str, Any], extra_plugins: tuple = ()) -> Iterator[tuple[Any, Any]]:
+    """An app with its own plugins and an in-thread worker, torn down afterwards."""
+    application = make_app(config, extra_plugins)
+    ext = application.extensions["chatapp"]
+    running = InThreadWorker(ext)
+    try:
+        yield application, ext
+    finally:
+        running.stop()
+        ext.relay.stop()
+        ext.clients.close()
 
 
 @pytest.fixture()

@@ -8,7 +8,7 @@ import pytest
 
 from chatapp import Cost, ModelInfo, Persona, hookimpl
 from plugins.echo import EchoProvider
-from tests.conftest import InThreadWorker, LiveServer, auth, make_app
+from tests.conftest import LiveServer, app_with_worker, auth
 from tests.wsclient import WS, text_of
 
 
@@ -26,13 +26,8 @@ def pricing_plugin(micros):
 
 @pytest.fixture()
 def cached_app(app_config):
-    app = make_app(app_config, extra_plugins=(pricing_plugin(2500),))
-    ext = app.extensions["chatapp"]
-    worker = InThreadWorker(ext)
-    yield app, ext
-    worker.stop()
-    ext.relay.stop()
-    ext.clients.close()
+    with app_with_worker(app_config, (pricing_plugin(2500),)) as running:
+        yield running
 
 
 def chat(app, key, message, **body):

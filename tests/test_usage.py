@@ -11,20 +11,15 @@ import pytest
 from chatapp import Cost, hookimpl
 from chatapp.chat import request_for_reply, result_from_record
 from plugins import usage
-from tests.conftest import InThreadWorker, auth, make_app
+from tests.conftest import InThreadWorker, app_with_worker, auth, make_app
 
 
 @pytest.fixture()
 def priced(app_config):
     module = types.ModuleType("price_3000")
     module.price_generation = hookimpl(lambda request, result: Cost(3000))
-    app = make_app(app_config, extra_plugins=(module,))
-    ext = app.extensions["chatapp"]
-    worker = InThreadWorker(ext)
-    yield app, ext
-    worker.stop()
-    ext.relay.stop()
-    ext.clients.close()
+    with app_with_worker(app_config, (module,)) as running:
+        yield running
 
 
 def settled(client, key, replies, timeout=10):
