@@ -110,3 +110,21 @@ def authenticate() -> None:
     """``before_request`` hook for blueprints whose every route needs a key (returns nothing, so
     Flask goes on to the view)."""
     load_user()
+
+
+TICKET_TTL_S = 30
+
+
+def issue_ticket(client: redis.Redis, prefix: str, user: User) -> str:
+    """A one-time websocket ticket for ``user``: browsers cannot set headers on a websocket, and
+    a key in a URL would end up in access logs; a ticket is short-lived and single-use."""
+    ticket = "wst_" + secrets.token_urlsafe(24)
+    client.set(f"{prefix}wsticket:{hash_key(ticket)}", user.id, ex=TICKET_TTL_S)
+    return ticket
+
+
+def redeem_ticket(client: redis.Redis, prefix: str, ticket: str | None) -> str | None:
+    """The user id a ticket was issued to, once; None if unknown, used or expired."""
+    if not ticket or len(ticket) > 200:
+        return None
+    return client.getdel(f"{prefix}wsticket:{hash_key(ticket)}")

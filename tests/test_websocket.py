@@ -194,3 +194,24 @@ def test_frame_over_the_limit_gets_error_and_socket_stays_open(live_server, user
     assert err["type"] == "error" and err["code"] == "frame_too_large"
     ws.send({"type": "ping"})
     assert ws.recv() == {"type": "pong"}
+
+
+def test_ws_ticket_is_single_use_and_bound_to_its_user(live_server, user_key, other_key, client, worker):
+    r = client.post("/api/v1/ws-tickets", headers={"Authorization": f"Bearer {user_key}"})
+    assert r.status_code == 201 and r.json["expires_in"] == 30 and r.json["ticket"].startswith("wst_")
+    ticket = r.json["ticket"]
+    ws = WS(f"{live_server.ws_url}?ticket={ticket}")  # no Authorization header: a browser
+    ws.send({"type": "send", "conversation_id": None, "content": "ticketed"})
+    acc = ws.recv()
+    assert ws.reply_frames(acc["message_id"])[-1]["type"] == "done"
+    ws.close()
+    with pytest.raises(websocket.WebSocketBadStatusException) as exc:
+        WS(f"{live_server.ws_url}?ticket={ticket}")  # used once already
+    assert exc.value.status_code == 401
+    with pytest.raises(websocket.WebSocketBadStatusException):
+        WS(f"{live_server.ws_url}?ticket=wst_forged")
+    # the ticket's user owns what the socket sends
+    other = client.get(f"/api/v1/conversations/{acc['conversation_id']}",
+                       headers={"Authorization": f"Bearer {other_key}"})
+    assert other.status_code == 404
+    assert client.post("/api/v1/ws-tickets").status_code == 401

@@ -5,7 +5,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify
 
-from chatapp.auth import authenticate
+from chatapp.auth import TICKET_TTL_S, authenticate, issue_ticket, load_user
 from chatapp.errors import NotFound
 
 bp = Blueprint("catalog", __name__)
@@ -31,6 +31,13 @@ def persona(name: str) -> Any:
     if found is None:
         raise NotFound(f"No persona named {name!r}.", code="persona_not_found")
     return jsonify(persona_resource(found))
+
+
+@bp.post("/ws-tickets")
+def ws_ticket() -> Any:
+    """A one-time, 30-second ticket for opening /ws?ticket=... from a browser."""
+    ext = current_app.extensions["chatapp"]
+    return jsonify({"ticket": issue_ticket(ext.redis, ext.prefix, load_user()), "expires_in": TICKET_TTL_S}), 201
 
 
 @bp.get("/providers")

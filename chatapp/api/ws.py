@@ -4,12 +4,12 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, current_app, request
+from flask import Blueprint, Flask, current_app, g, request
 from flask_sock import Sock
 
-from chatapp.auth import load_user
+from chatapp.auth import load_user, redeem_ticket
 from chatapp.config import split_list
-from chatapp.errors import Forbidden
+from chatapp.errors import Forbidden, Unauthorized
 from chatapp.socket_session import SocketSession
 
 bp = Blueprint("ws", __name__)
@@ -26,6 +26,15 @@ def authenticate_upgrade() -> None:
         if not (same_host or "*" in allowed or origin.rstrip("/") in [a.rstrip("/") for a in allowed]):
             raise Forbidden("This Origin may not open a websocket here; see CHATAPP_ALLOWED_ORIGINS.",
                             code="origin_not_allowed")
+    ticket = request.args.get("ticket")
+    if ticket:
+        ext = current_app.extensions["chatapp"]
+        user_id = redeem_ticket(ext.redis, ext.prefix, ticket)
+        user = ext.users.get(user_id) if user_id else None
+        if user is None:
+            raise Unauthorized("This websocket ticket is unknown, used or expired; get a new one from "
+                               "POST /api/v1/ws-tickets.", code="invalid_ticket")
+        g.user = user
     load_user()
 
 
