@@ -17,3 +17,22 @@ timeout = 60
 accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss'
 forwarded_allow_ips = "*"  # Heroku and Render terminate TLS in front of us
+
+
+def post_worker_init(worker):  # noqa: ANN001 - gunicorn's hook signature
+    """On SIGTERM (every deploy and daily restart), tell each websocket to reconnect (close 1012)
+    at once instead of holding it for the graceful timeout: clients resume on another process."""
+    import signal
+
+    import gevent
+
+    stop_accepting = worker.handle_exit
+    ext = getattr(worker.wsgi, "extensions", {}).get("chatapp")
+
+    def handle_exit(sig, frame):  # noqa: ANN001
+        stop_accepting(sig, frame)
+        if ext is not None:
+            # not inside the signal handler itself: let the hub run it next
+            gevent.get_hub().loop.run_callback(ext.sockets.restart_all)
+
+    signal.signal(signal.SIGTERM, handle_exit)

@@ -17,6 +17,7 @@ from chatapp.relay import Relay
 from chatapp.replies import Replies
 from chatapp.reply_queue import ReplyQueue
 from chatapp.scripts import Scripts
+from chatapp.socket_session import SocketRegistry
 from chatapp.store import Store
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class ChatApp:
         self.pm = make_plugin_manager(split_list(config.get("DISABLED_PLUGINS")), extra_plugins,
                                       split_list(config.get("PLUGINS")))
         self.catalog = Catalog(self.pm, config)
+        self.sockets = SocketRegistry()
         self.relay = Relay(self.redis, self.prefix, block_ms=int(config["RELAY_BLOCK_MS"]))
         self.chat = ChatService(self)
         app.extensions["chatapp"] = self

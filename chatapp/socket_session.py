@@ -26,6 +26,35 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 CLOSE_TRY_AGAIN = 1013
+CLOSE_SERVICE_RESTART = 1012
+
+
+class SocketRegistry:
+    """The process's open sockets, so a shutdown can tell each one to reconnect elsewhere."""
+
+    def __init__(self) -> None:
+        self.sessions: set["SocketSession"] = set()
+        self.lock = threading.Lock()
+
+    def add(self, session: "SocketSession") -> None:
+        with self.lock:
+            self.sessions.add(session)
+
+    def remove(self, session: "SocketSession") -> None:
+        with self.lock:
+            self.sessions.discard(session)
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.sessions)
+
+    def restart_all(self) -> None:
+        """Ask every socket to close with 1012 (service restart): clients reconnect, possibly to
+        another process, and resume from their last seq. Never blocks."""
+        with self.lock:
+            sessions = list(self.sessions)
+        for session in sessions:
+            session.restart()
 
 
 class SocketSession:
@@ -34,15 +63,28 @@ class SocketSession:
         self.inbox: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=int(ext.config["SOCKET_QUEUE_SIZE"]))
         self.subs: dict[str, Subscription] = {}
         self.overflowed = False
+        self.restarting = False
 
     # -- loop -----------------------------------------------------------------------------------
+    def restart(self) -> None:
+        self.restarting = True
+        try:
+            self.inbox.put_nowait(("restart", None))
+        except queue.Full:
+            self.overflowed = True  # closes too; the client resumes either way
+
     def run(self) -> None:
+        registry = self.ext.sockets
+        registry.add(self)
         reader = threading.Thread(target=self._read, name="chatapp-ws-reader", daemon=True)
         reader.start()
         try:
             while True:
                 kind, item = self.inbox.get()
                 if kind == "closed":
+                    break
+                if kind == "restart":
+                    self.ws.close(CLOSE_SERVICE_RESTART, "server restarting: reconnect and subscribe from your last seq")
                     break
                 if self.overflowed:
                     self.ws.close(CLOSE_TRY_AGAIN, "too slow: reconnect and subscribe from your last seq")
@@ -54,6 +96,7 @@ class SocketSession:
         except ConnectionClosed:
             pass
         finally:
+            registry.remove(self)
             for sub in list(self.subs.values()):
                 sub.close()
 

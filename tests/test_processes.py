@@ -96,3 +96,46 @@ def test_users_cli_prints_key_on_last_line(ext, app_config):
     dup = subprocess.run([FLASK, "--app", "wsgi", "users", "create", "carol"], env=env, capture_output=True,
                          text=True, timeout=60)
     assert dup.returncode != 0 and "exists" in dup.stderr
+
+
+def close_code(ws):
+    """Read frames until the server's close frame; return its status code."""
+    import struct
+
+    import websocket as wsc
+
+    ws.conn.settimeout(10)
+    while True:
+        opcode, data = ws.conn.recv_data(control_frame=True)
+        if opcode == wsc.ABNF.OPCODE_CLOSE:
+            return struct.unpack("!H", data[:2])[0] if len(data) >= 2 else None
+
+
+def test_sigterm_on_web_sends_1012_and_the_reply_resumes_on_another_web(ext, app_config, tmp_path):
+    ports = [free_port(), free_port()]
+    gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+    webs = [Proc([gunicorn, "-c", "gunicorn.conf.py", "wsgi:app"], env_for(app_config, PORT=p, WEB_CONCURRENCY=1),
+                  str(tmp_path / f"web{i}.log")) for i, p in enumerate(ports)]
+    worker = start_worker(app_config, tmp_path, "worker")
+    try:
+        for p in ports:
+            wait_http(f"http://127.0.0.1:{p}/readyz", timeout=30)
+        key = ext.users.create("restarts")[1]
+        ws = WS(f"ws://127.0.0.1:{ports[0]}/ws", key)
+        ws.send({"type": "send", "conversation_id": None, "content": WORDS})
+        mid = ws.recv()["message_id"]
+        seen = ws.until(lambda f: f.get("type") == "delta" and f["seq"] >= 5)
+        killed_at = time.time()
+        webs[0].proc.send_signal(15)  # the deploy's SIGTERM to the old web process
+        assert close_code(ws) == 1012 and time.time() - killed_at < 5
+        again = WS(f"ws://127.0.0.1:{ports[1]}/ws", key)
+        again.send({"type": "subscribe", "message_id": mid, "after_seq": seen[-1]["seq"]})
+        rest = again.reply_frames(mid, timeout=30)
+        assert rest[0]["seq"] == seen[-1]["seq"] + 1 and rest[-1]["type"] == "done"
+        frames = [f for f in seen if f.get("message_id") == mid] + rest
+        assert_gap_free(frames)
+        assert text_of(frames) == EXPECTED
+    finally:
+        for w in webs:
+            w.kill(15)
+        worker.kill(15)
