@@ -62,6 +62,9 @@ class Stack:
         self.redis = redis.Redis.from_url(self.redis_url, decode_responses=True)
         self._wait(lambda: self.redis.ping())
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATAPP_", "RUNPOD_", "OPENAI_"))}
+        # one benchmark user drives hundreds of replies: lift the per-user limits
+        self.env.update({"CHATAPP_MAX_ACTIVE_GENERATIONS": "0", "CHATAPP_RATE_LIMIT_SENDS_PER_MINUTE": "0",
+                         "CHATAPP_RATE_LIMIT_REQUESTS_PER_MINUTE": "0", "CHATAPP_MAX_SOCKETS_PER_USER": "0"})
         self.env.update({"REDIS_URL": self.redis_url, "PORT": str(self.web_port), "WEB_CONCURRENCY": str(web_workers),
                          "PATH": BIN + os.pathsep + os.environ.get("PATH", ""), "PYTHONUNBUFFERED": "1"})
         self.env.update(env or {})

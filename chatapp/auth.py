@@ -108,8 +108,12 @@ def require_admin(view: Callable[..., Any]) -> Callable[..., Any]:
 
 def authenticate() -> None:
     """``before_request`` hook for blueprints whose every route needs a key (returns nothing, so
-    Flask goes on to the view)."""
-    load_user()
+    Flask goes on to the view); also counts the request against the user's rate limit."""
+    from chatapp.limits import check_rate
+
+    user = load_user()
+    ext = current_app.extensions["chatapp"]
+    check_rate(ext.redis, ext.prefix, user.id, "api", int(ext.config["RATE_LIMIT_REQUESTS_PER_MINUTE"]))
 
 
 TICKET_TTL_S = 30

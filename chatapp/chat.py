@@ -13,8 +13,9 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from chatapp.auth import User
-from chatapp.errors import ChatAppError, Conflict, GenerationLost, NotFound
+from chatapp.errors import ChatAppError, Conflict, GenerationLost, NotFound, RateLimited
 from chatapp.ids import new_id
+from chatapp.limits import check_rate
 from chatapp.models import CachedReply, ChatRequest, Cost, GenerationResult, Persona, Provider, Usage
 from chatapp.prompt import render_messages
 from chatapp.schemas import check_content, check_params
@@ -128,6 +129,7 @@ class ChatService:
         ext = self.ext
         check_content(content, self.config["MAX_MESSAGE_BYTES"])
         params = check_params(dict(params or {}), self.config["MAX_TOKENS_LIMIT"])
+        check_rate(ext.redis, ext.prefix, user.id, "send", int(self.config["RATE_LIMIT_SENDS_PER_MINUTE"]))
         # a client_message_id is unique per user within a conversation (or among new ones)
         idem_key = (f"{ext.prefix}idem:{user.id}:{conversation_id or 'new'}:{client_message_id}"
                     if client_message_id else "")
@@ -174,6 +176,7 @@ class ChatService:
                                       "params": request.params, "cache": cache_mode, "job_id": job_id,
                                       "attempt": 0, "owner": "", "cancel": "0"}),
             "queued_event": json.dumps({"state": "queued"}),
+            "max_active": int(self.config["MAX_ACTIVE_GENERATIONS"]),
         }
         if cached is not None:
             spec["cached"] = {
@@ -187,6 +190,9 @@ class ChatService:
             return self._duplicate(out[1], fingerprint, client_message_id)
         if out[0] == "not_found":
             raise NotFound("No such conversation.", code="conversation_not_found")
+        if out[0] == "too_many":
+            raise RateLimited(f"You have {self.config['MAX_ACTIVE_GENERATIONS']} replies in progress; wait for one "
+                              "to finish (or stop one) and send again.", code="too_many_generations", retry_after=2)
         if cached is None:
             try:
                 ext.queue.enqueue(reply_mid, job_id)

@@ -36,6 +36,10 @@ DEFAULTS: dict[str, Any] = {
     "BUDGET_MONTHLY_USD": None,
     "BUDGET_RESERVE_USD": 0.01,  # held per reply while it runs, settled to the real cost at its end
     # limits
+    "RATE_LIMIT_REQUESTS_PER_MINUTE": 600,  # every authenticated REST request, per user (0: off)
+    "RATE_LIMIT_SENDS_PER_MINUTE": 60,  # messages sent (REST, /chat, websocket), per user (0: off)
+    "MAX_ACTIVE_GENERATIONS": 10,  # replies queued or generating at once, per user (0: off)
+    "MAX_SOCKETS_PER_USER": 20,  # open websockets per user, per web process (0: off)
     "MAX_CONTENT_LENGTH": 1024 * 1024,  # any request body (Flask's own setting)
     "MAX_MESSAGE_BYTES": 32 * 1024,
     "MAX_TITLE_CHARS": 200,

@@ -44,9 +44,9 @@ class SocketRegistry:
         with self.lock:
             self.sessions.discard(session)
 
-    def count(self) -> int:
+    def count(self, user_id: str | None = None) -> int:
         with self.lock:
-            return len(self.sessions)
+            return sum(1 for s in self.sessions if user_id is None or s.user.id == user_id)
 
     def restart_all(self) -> None:
         """Ask every socket to close with 1012 (service restart): clients reconnect, possibly to

@@ -9,7 +9,7 @@ from flask_sock import Sock
 
 from chatapp.auth import load_user, redeem_ticket
 from chatapp.config import split_list
-from chatapp.errors import Forbidden, Unauthorized
+from chatapp.errors import Forbidden, RateLimited, Unauthorized
 from chatapp.socket_session import SocketSession
 
 bp = Blueprint("ws", __name__)
@@ -35,7 +35,11 @@ def authenticate_upgrade() -> None:
             raise Unauthorized("This websocket ticket is unknown, used or expired; get a new one from "
                                "POST /api/v1/ws-tickets.", code="invalid_ticket")
         g.user = user
-    load_user()
+    user = load_user()
+    limit = int(current_app.config["MAX_SOCKETS_PER_USER"])
+    if limit and current_app.extensions["chatapp"].sockets.count(user.id) >= limit:
+        raise RateLimited(f"At most {limit} open websockets per user; close one (one socket carries any "
+                          "number of conversations).", code="too_many_sockets", retry_after=5)
 
 
 @sock.route("/ws", bp=bp)

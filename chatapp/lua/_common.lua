@@ -33,6 +33,7 @@ local function finalize(mid, fin)
   local seq = append_event(mid, fin.event_type, fin.event_data, '')
   redis.call('HSET', key, 'final_seq', seq)
   redis.call('ZREM', P .. 'leases', mid)
+  redis.call('SREM', P .. 'user:' .. (redis.call('HGET', key, 'user_id') or '') .. ':active', mid)
   redis.call('EXPIRE', P .. 'ev:' .. mid, fin.stream_ttl)
   -- the outbox workers read to run after_generation once per reply, however it ended; it
   -- carries the finished record (not its text) so budgets and usage settle even if the

@@ -9,6 +9,7 @@ for _, mid in ipairs(mids) do
   if idem_key and idem_key ~= '' then redis.call('DEL', idem_key) end
   redis.call('DEL', mkey(mid), mkey(mid) .. ':partial', P .. 'ev:' .. mid)
   redis.call('ZREM', P .. 'leases', mid)
+  redis.call('SREM', P .. 'user:' .. uid .. ':active', mid)
 end
 redis.call('DEL', ckey, ckey .. ':msgs')
 redis.call('ZREM', P .. 'user:' .. uid .. ':convs', cid)

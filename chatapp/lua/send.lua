@@ -8,6 +8,10 @@ if spec.idempotency_key ~= '' then
   local existing = redis.call('GET', idem_key)
   if existing then return {'duplicate', existing} end
 end
+local active = P .. 'user:' .. uid .. ':active'
+if not spec.cached and spec.max_active > 0 and redis.call('SCARD', active) >= spec.max_active then
+  return {'too_many'}
+end
 local ckey = P .. 'conv:' .. cid
 if spec.conversation then
   redis.call('HSET', ckey, unpack(spec.conversation))
@@ -30,6 +34,7 @@ if spec.cached then
   finalize(amid, spec.cached.fin)
 else
   redis.call('ZADD', P .. 'leases', spec.lease_deadline, amid)
+  redis.call('SADD', active, amid)
   append_event(amid, 'status', spec.queued_event, '')
 end
 return {'ok'}
