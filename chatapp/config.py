@@ -56,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "QUEUE_GRACE_S": 30.0,  # how long a queued reply waits before the reaper checks its job
     "MAX_ATTEMPTS": 3,
     "WORKER_CONCURRENCY": 100,  # generations one worker process runs at once
+    "WORKER_DRAIN_S": 25,  # on SIGTERM, how long running replies get to finish (then leases hand off)
     # streams
     "STREAM_TTL_S": 24 * 3600,  # a finished reply's event stream is kept this long for resume
     "FIREHOSE_MAXLEN": 100_000,

@@ -31,3 +31,31 @@ def test_procfile_matches_design():
     lines = dict(line.split(": ", 1) for line in read("Procfile").strip().splitlines())
     assert lines["web"] == "gunicorn -c gunicorn.conf.py wsgi:app"
     assert lines["worker"] == "python -m workers"
+
+
+def test_deploy_files_agree_with_the_procfile_and_config():
+    import json
+
+    import yaml
+
+    from chatapp.config import DEFAULTS, PLAIN_ENV
+
+    procfile = dict(line.split(": ", 1) for line in read("Procfile").strip().splitlines())
+    render = yaml.safe_load(read("render.yaml"))
+    services = {s["type"]: s for s in render["services"]}
+    assert services["web"]["startCommand"] == procfile["web"]
+    assert services["worker"]["startCommand"] == procfile["worker"]
+    assert services["web"]["healthCheckPath"] == "/healthz"
+    assert services["keyvalue"]["maxmemoryPolicy"] == "noeviction"
+    app = json.loads(read("app.json"))
+    assert set(app["formation"]) == set(procfile)
+    assert any(a["plan"].startswith("heroku-redis") for a in app["addons"])
+    known = set(PLAIN_ENV) | {f"CHATAPP_{k}" for k in DEFAULTS} | {"PYTHON_VERSION", "WEB_CONCURRENCY"}
+    names = set(app["env"]) | {v["key"] for s in render["services"] for v in s.get("envVars", [])}
+    assert names <= known, names - known
+    secrets = {"RUNPOD_API_KEY", "OPENAI_API_KEY"}
+    for service in render["services"]:
+        for var in service.get("envVars", []):
+            if var["key"] in secrets:
+                assert var.get("sync") is False and "value" not in var  # never a secret in the repo
+    assert read("requirements.txt").strip().splitlines()[-1] == "."

@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> None:
     ext = app.extensions["chatapp"]
     services = WorkerServices(ext).start()
     concurrency = args.concurrency or int(app.config["WORKER_CONCURRENCY"])
-    worker = ThreadPoolWorker([app.config["QUEUE_NAME"]], connection=ext.clients.raw, concurrency=concurrency)
+    worker = ThreadPoolWorker([app.config["QUEUE_NAME"]], connection=ext.clients.raw, concurrency=concurrency,
+                              drain_timeout_s=float(app.config["WORKER_DRAIN_S"]))
     logging.getLogger(__name__).info("worker %s: %d replies at once on queue %r",
                                      services.keeper.worker_id, concurrency, app.config["QUEUE_NAME"])
     logging.getLogger(__name__).info("provider: %s (default: %s)", provider_text, ext.catalog.default_provider)
