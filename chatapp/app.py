@@ -1,11 +1,11 @@
 """The application factory."""
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from flask import Flask
 
+from chatapp import logs
 from chatapp.config import load_config
 from chatapp.extension import ChatApp
 from chatapp.redis_client import RedisClients
@@ -21,10 +21,9 @@ def create_app(test_config: dict[str, Any] | None = None, *, redis_clients: Redi
     app = Flask("chatapp")
     load_config(app, test_config)
     app.json.sort_keys = False
-    if not logging.getLogger().handlers:  # gunicorn and the worker configure none for us
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in ("chatapp", "workers", "plugins"):
-        logging.getLogger(name).setLevel(app.config.get("LOG_LEVEL", "INFO"))
+    if not app.testing:
+        logs.configure(app.config["LOG_FORMAT"], app.config["LOG_LEVEL"])
+    logs.init_request_ids(app)
     ChatApp(app, redis_clients=redis_clients, extra_plugins=extra_plugins)
     init_error_handlers(app)
     register_api(app)

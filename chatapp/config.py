@@ -15,6 +15,8 @@ DEFAULTS: dict[str, Any] = {
     # Redis: None means "embedded" (python -m chatapp starts one); the web app then refuses to run.
     "REDIS_URL": None,
     "PROCESS_ROLE": "web",  # "worker" in python -m workers
+    "LOG_FORMAT": "json",  # "json" (one object a line, with request/user/reply ids) or "text"
+    "LOG_LEVEL": "INFO",
     "KEY_PREFIX": "chatapp:",
     "REDIS_MAX_CONNECTIONS": 6,  # web process pool (+ a third for RQ); waits up to 5 s for a free one
     "WORKER_REDIS_MAX_CONNECTIONS": 32,  # the same, in a worker process running many replies

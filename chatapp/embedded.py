@@ -161,6 +161,8 @@ def serve(host: str, port: int) -> None:
     data_dir = os.environ.get("CHATAPP_DATA_DIR", ".chatapp-data")
     store = embedded_redis(data_dir)
     provider_settings, stop_emulator, provider_text = start_bundled_emulator()
+    # a person reads this terminal: plain text unless asked otherwise
+    provider_settings.setdefault("LOG_FORMAT", os.environ.get("CHATAPP_LOG_FORMAT", "text"))
     app = create_app(provider_settings, redis_clients=store.connect(int(DEFAULTS["REDIS_MAX_CONNECTIONS"])))
     ext = app.extensions["chatapp"]
     worker_app = create_app({**provider_settings, "PROCESS_ROLE": "worker"},

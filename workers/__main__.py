@@ -15,7 +15,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=None, help="replies at once (CHATAPP_WORKER_CONCURRENCY)")
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     emulator_settings, stop_emulator, provider_text = start_bundled_emulator()
     app = create_app({"PROCESS_ROLE": "worker", **emulator_settings})
     ext = app.extensions["chatapp"]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from rq.timeouts import JobTimeoutException
 
 from chatapp.chat import request_for_reply
+from chatapp.logs import reply_context
 from chatapp.errors import ChatAppError, GenerationLost, ProviderTimeout
 from chatapp.models import (
     CANCELLED, DONE, FAILED, ChatRequest, GenerationContext, GenerationResult, Message, Provider, Step, Usage,
@@ -46,6 +47,7 @@ class ReplyRun:
         self.token = uuid.uuid4().hex
 
     def run(self) -> str:
+        reply_context.set({"message_id": self.mid})
         claim = self.ext.replies.claim(self.mid, self.token)
         if claim.status != "ok":
             log.info("reply %s not run: %s", self.mid, claim.status)
