@@ -63,11 +63,17 @@ def test_sigkill_worker_mid_reply_resumes_without_duplicates(ext, app_config, tm
             second.kill()
 
 
+def procfile() -> dict[str, str]:
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Procfile")) as f:
+        return dict(line.split(": ", 1) for line in f.read().strip().splitlines())
+
+
 def test_procfile_processes_serve_a_websocket_reply(ext, app_config, tmp_path):
+    """The Procfile's own command lines, run through a shell as the platforms do."""
     port = free_port()
-    web = Proc([os.path.join(os.path.dirname(sys.executable), "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"], env_for(app_config, PORT=port, WEB_CONCURRENCY=2),
-               str(tmp_path / "web.log"))
-    worker = start_worker(app_config, tmp_path, "worker")
+    env = env_for(app_config, PORT=port, WEB_CONCURRENCY=2)
+    web = Proc(["/bin/sh", "-c", "exec " + procfile()["web"]], env, str(tmp_path / "web.log"))
+    worker = Proc(["/bin/sh", "-c", "exec " + procfile()["worker"]], env, str(tmp_path / "worker.log"))
     try:
         wait_http(f"http://127.0.0.1:{port}/readyz", timeout=30)
         key = ext.users.create("procfile")[1]
