@@ -28,9 +28,7 @@ def get() -> "tuple[ChatApp, LeaseKeeper]":
             from workers.services import WorkerServices
 
             ext: Any = create_app({"PROCESS_ROLE": "worker"}).extensions["chatapp"]
-            services = WorkerServices(ext)
+            services = WorkerServices(ext).start_threads()  # install() would retake our lock
             _ext, _keeper = ext, services.keeper
-            services.keeper.start()
-            services.finisher.start()
         assert _keeper is not None
         return _ext, _keeper

@@ -20,7 +20,11 @@ class WorkerServices:
         self.finisher = Finisher(ext, consumer=self.keeper.worker_id, block_ms=int(ext.config["RELAY_BLOCK_MS"]))
 
     def start(self) -> "WorkerServices":
+        """Make this process's job functions use it, and start its threads."""
         runtime.install(self.ext, self.keeper)
+        return self.start_threads()
+
+    def start_threads(self) -> "WorkerServices":
         self.keeper.start()
         self.finisher.start()
         return self
