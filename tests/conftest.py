@@ -110,13 +110,18 @@ def make_app(config: dict[str, Any], extra_plugins: tuple = ()) -> Any:
     return create_app(config, extra_plugins=extra_plugins)
 
 
+def close_app(application: Any) -> None:
+    """Stop a test app's relay thread and close its Redis pools."""
+    ext = application.extensions["chatapp"]
+    ext.relay.stop()
+    ext.clients.close()
+
+
 @pytest.fixture()
 def app(app_config: dict[str, Any]) -> Iterator[Any]:
     application = make_app(app_config)
     yield application
-    ext = application.extensions["chatapp"]
-    ext.relay.stop()
-    ext.clients.close()
+    close_app(application)
 
 
 @pytest.fixture()
@@ -155,8 +160,7 @@ def app_with_worker(config: dict[str, Any], extra_plugins: tuple = ()) -> Iterat
         yield application, ext
     finally:
         running.stop()
-        ext.relay.stop()
-        ext.clients.close()
+        close_app(application)
 
 
 @pytest.fixture()

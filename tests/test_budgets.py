@@ -9,7 +9,7 @@ import pytest
 
 from chatapp import Cost, hookimpl
 from chatapp.errors import BudgetExhausted
-from tests.conftest import InThreadWorker, auth, make_app
+from tests.conftest import InThreadWorker, auth, close_app, make_app
 
 
 @pytest.fixture()
@@ -20,8 +20,7 @@ def budget_app(app_config):
                    extra_plugins=(module,))
     ext = app.extensions["chatapp"]
     yield app, ext
-    ext.relay.stop()
-    ext.clients.close()
+    close_app(app)
 
 
 def test_fifty_concurrent_sends_never_overspend(budget_app):

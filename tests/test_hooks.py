@@ -9,7 +9,7 @@ import pytest
 
 from chatapp import Chunk, ModelInfo, Persona, Provider, Usage, hookimpl
 from chatapp.plugin_manager import make_plugin_manager
-from tests.conftest import InThreadWorker, auth, make_app
+from tests.conftest import InThreadWorker, auth, close_app, make_app
 from tests.plugins import recorder
 
 
@@ -32,8 +32,7 @@ def build(app_config):
 
     yield _build
     for application in made:
-        application.extensions["chatapp"].relay.stop()
-        application.extensions["chatapp"].clients.close()
+        close_app(application)
 
 
 class ShoutProvider(Provider):

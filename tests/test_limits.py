@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import websocket
 
-from tests.conftest import LiveServer, auth, make_app
+from tests.conftest import LiveServer, auth, close_app, make_app
 from tests.wsclient import WS
 
 
@@ -13,8 +13,7 @@ def limited(app_config):
     app = make_app({**app_config, "RATE_LIMIT_SENDS_PER_MINUTE": 3, "RATE_LIMIT_REQUESTS_PER_MINUTE": 8,
                     "MAX_ACTIVE_GENERATIONS": 2, "MAX_SOCKETS_PER_USER": 2, "CACHE_ENABLED": False})
     yield app, app.extensions["chatapp"]
-    app.extensions["chatapp"].relay.stop()
-    app.extensions["chatapp"].clients.close()
+    close_app(app)
 
 
 def test_send_rate_and_active_replies(limited):

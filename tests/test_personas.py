@@ -20,7 +20,7 @@ from chatapp.character_cards import (DEFAULT_MAIN_PROMPT, MAX_CARD_JSON_BYTES, M
 from chatapp.models import Persona, Step
 from plugins import DEFAULT_PLUGINS, persona_dir
 from plugins.personas import register_personas as builtin_personas
-from tests.conftest import auth, make_app
+from tests.conftest import auth, close_app, make_app
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILTIN_NAMES = ["assistant", "support-agent", "faq-bot", "tech-mentor-hinglish", "code-reviewer"]
@@ -174,8 +174,7 @@ def dir_app(app_config, tmp_path):
 
     yield _build
     for application in made:
-        application.extensions["chatapp"].relay.stop()
-        application.extensions["chatapp"].clients.close()
+        close_app(application)
 
 
 def write_persona_dir(path):

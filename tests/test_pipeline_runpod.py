@@ -10,7 +10,7 @@ import pytest
 
 from chatapp.runpod_emulator import EmulatorConfig, EmulatorServer
 from plugins.runpod_formats import decode_output
-from tests.conftest import InThreadWorker, LiveServer, make_app
+from tests.conftest import InThreadWorker, LiveServer, close_app, make_app
 from tests.processes import Proc, env_for, python
 from tests.wsclient import WS, assert_gap_free, text_of
 
@@ -50,8 +50,7 @@ def stack(runpod_config):
     yield ext, live, key
     live.stop()
     worker.stop()
-    ext.relay.stop()
-    ext.clients.close()
+    close_app(app)
 
 
 def converse(live, key, content="Hello RunPod", params=None, timeout=30):
@@ -178,5 +177,4 @@ def test_killed_worker_reattaches_to_the_same_runpod_job(runpod_config, emulator
         first.kill()
         if second:
             second.kill()
-        ext.relay.stop()
-        ext.clients.close()
+        close_app(app)

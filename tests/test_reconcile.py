@@ -7,7 +7,7 @@ import pytest
 
 from chatapp.runpod_emulator import EmulatorConfig, EmulatorServer
 from plugins.reconcile import attribute, split_exactly
-from tests.conftest import InThreadWorker, auth, make_app
+from tests.conftest import InThreadWorker, auth, close_app, make_app
 
 EP = "ep-bill"
 
@@ -38,8 +38,7 @@ def billed_stack(app_config):
     worker = InThreadWorker(ext)
     yield app, ext, emulator
     worker.stop()
-    ext.relay.stop()
-    ext.clients.close()
+    close_app(app)
     emulator.stop()
 
 

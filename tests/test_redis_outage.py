@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import LiveServer, RedisServer, auth, make_app, redis_binary
+from tests.conftest import LiveServer, RedisServer, auth, close_app, make_app, redis_binary
 from tests.wsclient import WS
 
 
@@ -12,8 +12,7 @@ def outage(app_config):
     server = RedisServer(redis_binary(), appendonly=True)
     application = make_app({**app_config, "REDIS_URL": server.url})
     yield server, application
-    application.extensions["chatapp"].relay.stop()
-    application.extensions["chatapp"].clients.close()
+    close_app(application)
     server.cleanup()
 
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from chatapp.replies import FencedOut
-from tests.conftest import InThreadWorker, make_app
+from tests.conftest import InThreadWorker, close_app, make_app
 from tests.plugins import recorder
 from workers import runtime
 from workers.jobs import generate_reply
@@ -22,8 +22,7 @@ def rec_app(app_config):
     recorder.reset()
     application = make_app(app_config, extra_plugins=(recorder,))
     yield application
-    application.extensions["chatapp"].relay.stop()
-    application.extensions["chatapp"].clients.close()
+    close_app(application)
 
 
 @pytest.fixture()

@@ -6,7 +6,7 @@ import types
 import pytest
 
 from chatapp import Persona, Step, hookimpl
-from tests.conftest import InThreadWorker, LiveServer, make_app
+from tests.conftest import InThreadWorker, LiveServer, close_app, make_app
 from tests.wsclient import WS, assert_gap_free, text_of
 
 STEPS = [Step("analyze", "Analyze", "Restate the problem."), Step("think", "Think", "Reason it through."),
@@ -31,8 +31,7 @@ def steps_app(app_config):
     yield ext, live, seen
     live.stop()
     worker.stop()
-    ext.relay.stop()
-    ext.clients.close()
+    close_app(app)
 
 
 def test_each_step_streams_as_a_labelled_part(steps_app):

@@ -11,7 +11,7 @@ import pytest
 from chatapp import Cost, hookimpl
 from chatapp.chat import request_for_reply, result_from_record
 from plugins import usage
-from tests.conftest import InThreadWorker, app_with_worker, auth, make_app
+from tests.conftest import InThreadWorker, app_with_worker, auth, close_app, make_app
 
 
 @pytest.fixture()
@@ -110,5 +110,4 @@ def test_reply_of_a_deleted_conversation_still_settles(app_config):
         assert c.post(f"/api/v1/conversations/{again['id']}/messages", json={"content": "budget is free again"},
                       headers=auth(key)).status_code == 202  # the hold was released, not stranded
     finally:
-        ext.relay.stop()
-        ext.clients.close()
+        close_app(app)
