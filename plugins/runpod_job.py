@@ -122,6 +122,8 @@ class JobRunner:
         self.emitted: list[str] = []
         #: True when earlier items may be missing: take the text from /status at the end
         self.catching_up = False
+        #: the last /stream read came with a terminal status: check the text against /status
+        self.verify_tail = False
         self.reattached = False
         self.wait_supported: bool | None = None
         #: a terminal status was handled (a late cancel then has nothing left to stop)
@@ -268,7 +270,11 @@ class JobRunner:
                 if text:
                     self.emitted.append(text)
                     yield Chunk(text=text)
-            if poll.status in TERMINAL and not poll.items:
+            if poll.status in TERMINAL:
+                # A finished job's items all exist already, so this read had the last of them:
+                # rather than one more /stream call to see an empty list, the final /status (read
+                # anyway for billing) holds the whole output to check the text against.
+                self.verify_tail = bool(poll.items)
                 return poll.status
             now = time.monotonic()
             if poll.items or changed:
@@ -299,6 +305,8 @@ class JobRunner:
         """Turn a terminal status into the last chunks or an error."""
         self.finished = True
         need_output = status == "COMPLETED" and (self.catching_up or self.decoder.yields == 0)
+        if self.verify_tail and status == "COMPLETED" and not need_output and info is None:
+            info = self._final_status(required=False)
         if info is None:
             info = self._final_status(required=need_output or status == "FAILED")
         meta = self._meta(info)
@@ -333,7 +341,16 @@ class JobRunner:
     def _completed_tail(self, info: dict[str, Any] | None) -> str:
         """Text not yielded yet: the decoder's remainder, or the gap filled from /status."""
         if not self.catching_up and self.decoder.yields:
-            return self.decoder.flush()
+            rest = self.decoder.flush()
+            output = (info or {}).get("output") if self.verify_tail else None
+            if has_output(output):
+                full, seen = decode_output(output), "".join(self.emitted) + rest
+                if len(full.text) > len(seen) and full.text.startswith(seen):
+                    log.info("RunPod job %s: the final output had text the stream had not given yet",
+                             self.job_id)
+                    self.decoder = full
+                    return rest + full.text[len(seen):]
+            return rest
         output = (info or {}).get("output")
         if not has_output(output):
             if self.catching_up:

@@ -462,6 +462,26 @@ def test_completed_without_stream_items_uses_status_output(stub):
     assert text == TEXT and chunks[-1].usage == Usage(2, 9)
 
 
+def test_terminal_status_with_items_ends_the_stream_without_another_read(stub):
+    stub.next_jobs.append(FakeJob(classic_yields(TEXT * 3)))  # all items already there, COMPLETED
+    text, chunks = collect(make_provider(stub.base_url))
+    assert text == TEXT * 3 and chunks[-1].finish_reason == "stop"
+    assert len(stub.of("stream")) == 1 and len(stub.of("status")) == 1
+    assert chunks[-1].meta["api_calls"] == 3  # /run, one /stream, the billing /status
+
+
+def test_terminal_read_missing_items_is_completed_from_status_output(stub, caplog):
+    outputs = classic_yields(TEXT * 3)
+    stub.next_jobs.append(FakeJob(outputs))
+    # a final read that holds only the first items (as if the server split them over calls)
+    stub.faults["stream"] = [{"status": 200, "body": {"status": "COMPLETED",
+                                                      "stream": [{"output": o} for o in outputs[:2]]}}]
+    with caplog.at_level("INFO", logger="plugins.runpod_job"):
+        text, chunks = collect(make_provider(stub.base_url))
+    assert text == TEXT * 3 and len(stub.of("stream")) == 1
+    assert "the final output had text the stream had not given yet" in caplog.text
+
+
 def test_completed_without_any_output_fails_clearly(stub):
     stub.next_jobs.append(FakeJob([], output=None))
     with pytest.raises(ProviderError, match="no output"):
