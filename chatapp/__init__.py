@@ -5,6 +5,7 @@ from chatapp.models import (
     ChatRequest,
     Chunk,
     Cost,
+    Feedback,
     GenerationContext,
     GenerationResult,
     Message,
@@ -16,7 +17,7 @@ from chatapp.models import (
 )
 
 __all__ = [
-    "hookimpl", "create_app", "CachedReply", "ChatRequest", "Chunk", "Cost", "GenerationContext",
+    "hookimpl", "create_app", "CachedReply", "ChatRequest", "Chunk", "Cost", "Feedback", "GenerationContext",
     "GenerationResult", "Message", "ModelInfo", "Persona", "Provider", "Step", "Usage",
 ]
 

@@ -124,12 +124,20 @@ class ChatService:
         return cid, fields
 
     def send(self, user: User, *, conversation_id: str | None, content: str, client_message_id: str | None = None,
-             persona: str | None = None, params: dict[str, Any] | None = None, system_prompt: str = "") -> Accepted:
-        """Accept a user message and start (or serve from cache) its reply."""
+             persona: str | None = None, params: dict[str, Any] | None = None, system_prompt: str = "",
+             batch_id: str | None = None) -> Accepted:
+        """Accept a user message and start (or serve from cache) its reply.
+
+        ``batch_id`` marks an item of a batch (``chatapp.batch``): its new conversation is indexed
+        in ``user:<uid>:batchconvs`` instead of the sidebar, the send rate limit (counted once
+        for the whole batch by the caller) and MAX_ACTIVE_GENERATIONS do not apply, and the job
+        goes to the low-priority batch queue. Budgets, the cache and fenced replies apply as usual.
+        """
         ext = self.ext
         check_content(content, self.config["MAX_MESSAGE_BYTES"])
         params = check_params(dict(params or {}), self.config["MAX_TOKENS_LIMIT"])
-        check_rate(ext.redis, ext.prefix, user.id, "send", int(self.config["RATE_LIMIT_SENDS_PER_MINUTE"]))
+        if batch_id is None:
+            check_rate(ext.redis, ext.prefix, user.id, "send", int(self.config["RATE_LIMIT_SENDS_PER_MINUTE"]))
         # a client_message_id is unique per user within a conversation (or among new ones)
         idem_key = (f"{ext.prefix}idem:{user.id}:{conversation_id or 'new'}:{client_message_id}"
                     if client_message_id else "")
@@ -145,6 +153,8 @@ class ChatService:
             title = content.strip().splitlines()[0][: self.config["MAX_TITLE_CHARS"]]
             conversation_id, new_conv = self.new_conversation(user, title=title, persona=persona,
                                                               system_prompt=system_prompt)
+            if batch_id is not None:
+                new_conv["batch_id"] = batch_id
             conv = {k: str(v) for k, v in new_conv.items()}
         persona_obj = conversation_persona(ext, conv)
         provider = ext.catalog.provider(conv.get("provider") or None)
@@ -178,6 +188,9 @@ class ChatService:
             "queued_event": json.dumps({"state": "queued"}),
             "max_active": int(self.config["MAX_ACTIVE_GENERATIONS"]),
         }
+        if batch_id is not None:
+            spec.update(index="batchconvs", exempt_active=True)
+            spec["reply_message"] += ["batch_id", batch_id]
         if cached is not None:
             spec["cached"] = {
                 "text": cached.text,
@@ -195,7 +208,7 @@ class ChatService:
                               "to finish (or stop one) and send again.", code="too_many_generations", retry_after=2)
         if cached is None:
             try:
-                ext.queue.enqueue(reply_mid, job_id)
+                ext.queue.enqueue(reply_mid, job_id, batch=batch_id is not None)
             except Exception:  # the reply is stored with a lease: the reaper enqueues it
                 log.exception("enqueue failed for %s; the reaper will retry", reply_mid)
         return Accepted(conversation_id, user_mid, reply_mid, "done" if cached else "queued",

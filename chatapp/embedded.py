@@ -128,7 +128,7 @@ def start_worker(ext: Any, concurrency: int) -> Callable[[], None]:
     from workers.services import WorkerServices
 
     services = WorkerServices(ext).start()
-    worker = ThreadPoolWorker([ext.config["QUEUE_NAME"]], connection=ext.clients.raw, concurrency=concurrency,
+    worker = ThreadPoolWorker(ext.queue.names, connection=ext.clients.raw, concurrency=concurrency,
                               install_signals=False, worker_ttl=16)
     thread = threading.Thread(target=worker.work, kwargs={"logging_level": "WARNING"}, name="chatapp-worker",
                               daemon=True)

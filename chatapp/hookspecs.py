@@ -17,7 +17,7 @@ import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover
     from chatapp.host import Host
-    from chatapp.models import CachedReply, ChatRequest, Cost, GenerationResult, Persona, Provider
+    from chatapp.models import CachedReply, ChatRequest, Cost, Feedback, GenerationResult, Persona, Provider
 
 PROJECT = "chatapp"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -88,6 +88,17 @@ def after_generation(request: "ChatRequest", result: "GenerationResult", host: "
     group. If a worker dies mid-hook another runs it again after 60 s, so make it idempotent.
     ``request`` is re-rendered from the stored conversation and ``result`` read back from the
     stored reply. Exceptions are logged and do not affect the reply.
+    """
+
+
+@hookspec
+def after_feedback(feedback: "Feedback", host: "Host") -> None:
+    """React to a user's thumbs up or down on a reply (analytics, alerts, fine-tuning sets).
+
+    Called in the web process right after ``POST .../messages/<mid>/feedback`` stored the rating
+    on the reply, once per call: a user who changes their mind triggers it again with
+    ``feedback.previous_rating`` set to the earlier rating, so counters can move rather than
+    double. Exceptions are logged; the rating stays stored and the client still gets its 200.
     """
 
 

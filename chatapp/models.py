@@ -208,6 +208,23 @@ class GenerationResult:
 
 
 @dataclass
+class Feedback:
+    """A user's rating of one reply; handed to ``after_feedback``. ``previous_rating`` is what
+    this user had said of it before (None the first time), so counters can move, not double."""
+
+    message_id: str
+    conversation_id: str
+    user_id: str
+    rating: str  # up | down
+    comment: str = ""
+    previous_rating: str | None = None
+    persona: str = ""
+    provider: str = ""
+    model: str = ""
+    at: float = 0.0
+
+
+@dataclass
 class GenerationContext:
     """Per-attempt handle a provider receives next to the request.
 

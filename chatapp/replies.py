@@ -103,6 +103,12 @@ class Replies:
             spec["lease_deadline"] = now_ms() + self.grace_ms
         return self.scripts.send(args=[self.prefix, uid, cid, user_mid, reply_mid, now_ms(), _json(spec)])
 
+    def regenerate(self, uid: str, cid: str, expect_mid: str, reply_mid: str, spec: dict[str, Any]) -> list[str]:
+        """Replace the conversation's last (finished) reply with a queued new version; see
+        lua/regenerate.lua for ``spec`` and the answers."""
+        spec["lease_deadline"] = now_ms() + self.grace_ms
+        return self.scripts.regenerate(args=[self.prefix, uid, cid, expect_mid, reply_mid, now_ms(), _json(spec)])
+
     def cancel(self, uid: str, mid: str) -> str:
         """Stop a reply: 'cancelled' (ended here), 'requested' (its job will stop it),
         'finished' (already over) or 'not_found'."""

@@ -1,4 +1,9 @@
-"""RQ binding: one job per reply on queue ``chat``; the job takes only the reply's id."""
+"""RQ binding: one job per reply on queue ``chat``; the job takes only the reply's id.
+
+Batch replies (``chatapp.batch``) go to a second queue, ``<name>-batch``. Every worker listens
+to both, main queue first: RQ pops the queues in the order given, so a worker takes a batch job
+only when no interactive reply is waiting, and a big batch cannot starve chat.
+"""
 from __future__ import annotations
 
 import secrets
@@ -15,7 +20,13 @@ class ReplyQueue:
     def __init__(self, raw_client: redis.Redis, name: str, job_timeout_s: int) -> None:
         self.connection = raw_client
         self.queue = Queue(name, connection=raw_client)
+        self.batch_queue = Queue(f"{name}-batch", connection=raw_client)
         self.job_timeout_s = job_timeout_s
+
+    @property
+    def names(self) -> list[str]:
+        """The queues a worker listens to, in priority order (interactive first, then batch)."""
+        return [self.queue.name, self.batch_queue.name]
 
     @staticmethod
     def first_job_id(mid: str) -> str:
@@ -25,8 +36,9 @@ class ReplyQueue:
     def retry_job_id(mid: str) -> str:
         return f"reply-{mid}-{secrets.token_hex(4)}"
 
-    def enqueue(self, mid: str, job_id: str) -> None:
-        self.queue.enqueue_call(
+    def enqueue(self, mid: str, job_id: str, *, batch: bool = False) -> None:
+        """Queue the job for reply ``mid``; ``batch`` puts it on the low-priority batch queue."""
+        (self.batch_queue if batch else self.queue).enqueue_call(
             JOB_FUNCTION, args=(mid,), job_id=job_id, timeout=self.job_timeout_s,
             result_ttl=600, failure_ttl=24 * 3600, description=f"reply {mid}",
         )
@@ -40,5 +52,6 @@ class ReplyQueue:
         except NoSuchJobError:
             return None
 
-    def depth(self) -> int:
-        return self.queue.count
+    def depth(self, *, batch: bool = False) -> int:
+        """Jobs waiting on the main queue (or on the batch queue)."""
+        return (self.batch_queue if batch else self.queue).count

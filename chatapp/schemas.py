@@ -122,3 +122,22 @@ def check_params(params: dict[str, Any], max_tokens_limit: int) -> dict[str, Any
         raise InvalidRequest(f"max_tokens may be at most {max_tokens_limit}.", code="validation_error",
                              details={"fields": {"max_tokens": [f"At most {max_tokens_limit}."]}})
     return params
+
+
+class RegenerateSchema(Base):
+    # the reply the client means to replace: a 409 instead of replacing a newer one
+    message_id = fields.String(validate=ID_PATTERN)
+    params = fields.Nested(ParamsSchema)
+
+
+class FeedbackSchema(Base):
+    rating = fields.String(required=True, validate=validate.OneOf(("up", "down")))
+    comment = fields.String(validate=validate.Length(max=2000))
+
+
+class BatchCreateSchema(Base):
+    # the count cap (MAX_BATCH_PROMPTS, 413) and each prompt's size are checked in chatapp.batch
+    prompts = fields.List(fields.String(), required=True,
+                          validate=validate.Length(min=1, error="Send at least one prompt."))
+    persona = fields.String(validate=validate.Length(min=1, max=100))
+    params = fields.Nested(ParamsSchema)

@@ -11,7 +11,8 @@ from typing import Any
 import redis
 
 SCRIPT_NAMES = (
-    "send", "claim", "append", "save_state", "finish", "cancel", "renew", "reap", "delete_conversation", "history",
+    "send", "regenerate", "claim", "append", "save_state", "finish", "cancel", "renew", "reap", "delete_conversation",
+    "history",
 )
 
 

@@ -1,6 +1,7 @@
 """Conversations and messages in Redis: reads, listings and the simple writes.
 
-Layout (prefix P): ``P conv:<cid>`` hash, ``P conv:<cid>:msgs`` zset of message ids by position,
+Layout (prefix P): ``P conv:<cid>`` hash, ``P conv:<cid>:msgs`` zset of message ids by position
+(a regenerated reply's earlier versions leave it and are listed in ``P msg:<user mid>:versions``),
 ``P user:<uid>:convs`` zset of conversation ids by last activity (ms), ``P msg:<mid>`` hash,
 ``P ev:<mid>`` the reply's event stream. Listing is a ZRANGE: O(log n + page), never a scan.
 Reply writes (send, finish, cancel...) live in ``chatapp.replies``.
@@ -44,8 +45,10 @@ def conversation_resource(h: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def message_resource(h: dict[str, str], partial: str | None = None) -> dict[str, Any]:
-    """A stored message hash as the API shows it; ``partial`` is the text so far while generating."""
+def message_resource(h: dict[str, str], partial: str | None = None,
+                     versions: list[str] | None = None) -> dict[str, Any]:
+    """A stored message hash as the API shows it; ``partial`` is the text so far while generating,
+    ``versions`` the ids of every version of a regenerated reply, oldest first."""
     out: dict[str, Any] = {
         "id": h["id"],
         "conversation_id": h["conversation_id"],
@@ -71,6 +74,13 @@ def message_resource(h: dict[str, str], partial: str | None = None) -> dict[str,
         })
         if h.get("error"):
             out["error"] = _loads(h.get("error"), {})
+        versions = versions or [h["id"]]
+        out["versions"] = versions
+        out["version"] = versions.index(h["id"]) + 1 if h["id"] in versions else len(versions)
+        if h.get("replaces"):
+            out["replaces"] = h["replaces"]
+        if h.get("feedback"):
+            out["feedback"] = _loads(h.get("feedback"), {})
     return out
 
 
@@ -196,7 +206,10 @@ class Store:
                 partial = None  # it finished in between: content is final
             else:
                 partial = partial or ""
-        return message_resource(h, partial)
+        versions = None
+        if h.get("versions_of"):
+            versions = self.redis.lrange(f"{self.p}msg:{h['versions_of']}:versions", 0, -1)
+        return message_resource(h, partial, versions)
 
     def list_messages(self, uid: str, cid: str, limit: int, before: str | None) -> dict[str, Any]:
         """A page of messages in chronological order, ending just before ``before`` (a message id)."""

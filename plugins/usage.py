@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -19,7 +20,7 @@ from chatapp.auth import load_user, require_admin
 from chatapp.errors import InvalidRequest
 from chatapp.hookspecs import hookimpl
 from chatapp.host import Host
-from chatapp.models import ChatRequest, GenerationResult
+from chatapp.models import ChatRequest, Feedback, GenerationResult
 from plugins.budgets import budget_status
 from plugins.cache import cache_stats
 
@@ -44,7 +45,8 @@ end
 return 1
 """
 COUNTERS = ("replies", "done", "failed", "cancelled", "cached", "cost_micros", "cost_saved_micros", "input_tokens",
-            "output_tokens", "ttft_ms_sum", "ttft_n", "total_ms_sum", "total_n", "reply_chars", "prompt_chars")
+            "output_tokens", "ttft_ms_sum", "ttft_n", "total_ms_sum", "total_n", "reply_chars", "prompt_chars",
+            "feedback_up", "feedback_down")
 LOG_FIELDS = ("time", "message_id", "conversation_id", "user_id", "persona", "provider", "model", "state", "cached",
               "cost_micros", "cost_saved_micros", "input_tokens", "output_tokens", "ttft_ms", "total_ms",
               "reply_chars", "prompt_chars", "finish_reason")
@@ -90,6 +92,23 @@ def after_generation(request: ChatRequest, result: GenerationResult, host: Host)
     host.redis.eval(RECORD_ONCE, 0, *args)
 
 
+@hookimpl
+def after_feedback(feedback: Feedback, host: Host) -> None:
+    """Count ratings per day (of the rating) like replies; a changed rating moves, not doubles."""
+    if feedback.previous_rating == feedback.rating:
+        return
+    day = day_of(feedback.at or time.time())
+    keys = [host.key("usage", "user", feedback.user_id, day), host.key("usage", "all", day),
+            host.key("usage", "persona", feedback.persona, day),
+            host.key("usage", "model", f"{feedback.provider}/{feedback.model}", day)]
+    with host.redis.pipeline(transaction=True) as pipe:
+        for key in keys:
+            pipe.hincrby(key, f"feedback_{feedback.rating}", 1)
+            if feedback.previous_rating:
+                pipe.hincrby(key, f"feedback_{feedback.previous_rating}", -1)
+        pipe.execute()
+
+
 def summarize(rows: list[dict[str, int]]) -> dict[str, Any]:
     total = {name: sum(r.get(name, 0) for r in rows) for name in COUNTERS}
     replies = total["replies"]
@@ -98,7 +117,8 @@ def summarize(rows: list[dict[str, int]]) -> dict[str, Any]:
         "totals": {"replies": replies, "done": total["done"], "failed": total["failed"],
                    "cancelled": total["cancelled"], "cached": total["cached"],
                    "cost_usd": total["cost_micros"] / 1e6, "cost_saved_usd": total["cost_saved_micros"] / 1e6,
-                   "input_tokens": total["input_tokens"], "output_tokens": total["output_tokens"]},
+                   "input_tokens": total["input_tokens"], "output_tokens": total["output_tokens"],
+                   "feedback_up": total["feedback_up"], "feedback_down": total["feedback_down"]},
         "averages": {
             "cost_per_reply_usd": round(total["cost_micros"] / 1e6 / replies, 8) if replies else 0.0,
             "cost_per_generated_reply_usd": round(total["cost_micros"] / 1e6 / paid, 8) if paid else 0.0,
@@ -192,7 +212,13 @@ def message_log() -> Any:
     host = current_app.extensions["chatapp"].host
     since_ms = int((time.time() - days_arg() * 86400) * 1000)
     entries = host.redis.xrange(host.key("usage", "log"), min=f"{since_ms}-0", max="+", count=100_000)
-    return as_csv([{name: fields.get(name, "") for name in LOG_FIELDS} for _, fields in entries], "messages.csv")
+    # ratings arrive after the log entry was written: read them from the replies now
+    with host.redis.pipeline(transaction=False) as pipe:
+        for _, fields in entries:
+            pipe.hget(host.key("msg", fields.get("message_id", "")), "feedback")
+        ratings = [json.loads(raw).get("rating", "") if raw else "" for raw in pipe.execute()]
+    return as_csv([{**{name: fields.get(name, "") for name in LOG_FIELDS}, "feedback": rating}
+                   for (_, fields), rating in zip(entries, ratings)], "messages.csv")
 
 
 @hookimpl

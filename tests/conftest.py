@@ -138,7 +138,7 @@ class InThreadWorker:
 
         self.services = WorkerServices(ext).start()
         self.keeper = self.services.keeper
-        self.worker = ThreadPoolWorker([ext.config["QUEUE_NAME"]], connection=ext.clients.raw,
+        self.worker = ThreadPoolWorker(ext.queue.names, connection=ext.clients.raw,
                                        concurrency=concurrency, install_signals=False, worker_ttl=16,
                                        drain_timeout_s=5)
         self.thread = threading.Thread(target=self.worker.work, kwargs={"logging_level": "WARNING"}, daemon=True)

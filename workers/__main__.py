@@ -20,10 +20,10 @@ def main(argv: list[str] | None = None) -> None:
     ext = app.extensions["chatapp"]
     services = WorkerServices(ext).start()
     concurrency = args.concurrency or int(app.config["WORKER_CONCURRENCY"])
-    worker = ThreadPoolWorker([app.config["QUEUE_NAME"]], connection=ext.clients.raw, concurrency=concurrency,
+    worker = ThreadPoolWorker(ext.queue.names, connection=ext.clients.raw, concurrency=concurrency,
                               drain_timeout_s=float(app.config["WORKER_DRAIN_S"]))
-    logging.getLogger(__name__).info("worker %s: %d replies at once on queue %r",
-                                     services.keeper.worker_id, concurrency, app.config["QUEUE_NAME"])
+    logging.getLogger(__name__).info("worker %s: %d replies at once on queues %s",
+                                     services.keeper.worker_id, concurrency, ", ".join(ext.queue.names))
     logging.getLogger(__name__).info("provider: %s (default: %s)", provider_text, ext.catalog.default_provider)
     try:
         worker.work(burst=args.burst, logging_level="INFO")

@@ -124,5 +124,7 @@ class LeaseKeeper(threading.Thread):
 
     def enqueue_again(self, mid: str) -> None:
         job_id = self.ext.queue.retry_job_id(mid)
-        self.ext.redis.hset(f"{self.ext.prefix}msg:{mid}", "job_id", job_id)
-        self.ext.queue.enqueue(mid, job_id)
+        key = f"{self.ext.prefix}msg:{mid}"
+        self.ext.redis.hset(key, "job_id", job_id)
+        # a batch item goes back to the batch queue, behind interactive replies
+        self.ext.queue.enqueue(mid, job_id, batch=bool(self.ext.redis.hget(key, "batch_id")))

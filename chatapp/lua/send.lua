@@ -9,7 +9,9 @@ if spec.idempotency_key ~= '' then
   if existing then return {'duplicate', existing} end
 end
 local active = P .. 'user:' .. uid .. ':active'
-if not spec.cached and spec.max_active > 0 and redis.call('SCARD', active) >= spec.max_active then
+-- batch replies (spec.exempt_active) neither count against nor fill the per-user limit, which is
+-- there to bound interactive chat; the batch queue paces them instead
+if not spec.cached and not spec.exempt_active and spec.max_active > 0 and redis.call('SCARD', active) >= spec.max_active then
   return {'too_many'}
 end
 local ckey = P .. 'conv:' .. cid
@@ -25,7 +27,13 @@ redis.call('HSET', mkey(amid), unpack(spec.reply_message))
 redis.call('ZADD', ckey .. ':msgs', uidx, umid, aidx, amid)
 redis.call('HINCRBY', ckey, 'message_count', 2)
 redis.call('HSET', ckey, 'updated_at', now)
-redis.call('ZADD', P .. 'user:' .. uid .. ':convs', now, cid)
+-- a new conversation goes to the index spec.index names ('convs', the sidebar, unless it is a
+-- batch's: 'batchconvs'); a later message to an existing one moves it up the sidebar as before
+if spec.conversation and spec.index then
+  redis.call('ZADD', P .. 'user:' .. uid .. ':' .. spec.index, now, cid)
+else
+  redis.call('ZADD', P .. 'user:' .. uid .. ':convs', now, cid)
+end
 if idem_key then
   redis.call('SET', idem_key, spec.idempotency_value, 'EX', spec.idempotency_ttl)
 end
@@ -34,7 +42,7 @@ if spec.cached then
   finalize(amid, spec.cached.fin)
 else
   redis.call('ZADD', P .. 'leases', spec.lease_deadline, amid)
-  redis.call('SADD', active, amid)
+  if not spec.exempt_active then redis.call('SADD', active, amid) end
   append_event(amid, 'status', spec.queued_event, '')
 end
 return {'ok'}

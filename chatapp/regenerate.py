@@ -1,0 +1,81 @@
+"""Regenerate: a new reply to a conversation's last user message, the old one kept as a version.
+
+The new reply takes the old one's place in the conversation (so history and the next turn use
+it), and every version's id stays listed, oldest first, under the user message they answer
+(``P msg:<user mid>:versions``), so a client can flip between them. One atomic script checks
+that the replaced reply is still the last message and has finished, then stores the new one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from chatapp.auth import User
+from chatapp.chat import Accepted, _fields, conversation_persona, render_request
+from chatapp.errors import Conflict, NotFound, RateLimited
+from chatapp.ids import new_id, now_ms
+from chatapp.limits import check_rate
+from chatapp.schemas import check_params
+
+if TYPE_CHECKING:  # pragma: no cover
+    from chatapp.extension import ChatApp
+
+log = logging.getLogger(__name__)
+
+
+def regenerate(ext: "ChatApp", user: User, cid: str, expect_mid: str | None = None,
+               params: dict[str, Any] | None = None) -> Accepted:
+    """Start a new version of the last reply in ``cid``; ``expect_mid`` (optional) is the reply
+    the caller sees as last: if another one has replaced it since, a 409 says so."""
+    config = ext.config
+    params = check_params(dict(params or {}), config["MAX_TOKENS_LIMIT"])
+    conv = ext.store.conversation(user.id, cid)
+    check_rate(ext.redis, ext.prefix, user.id, "send", int(config["RATE_LIMIT_SENDS_PER_MINUTE"]))
+    last = ext.redis.zrange(f"{ext.prefix}conv:{cid}:msgs", -1, -1)
+    old_mid = expect_mid or (last[0] if last else "")
+    old = ext.redis.hgetall(f"{ext.prefix}msg:{old_mid}") if old_mid else {}
+    if not old or old.get("conversation_id") != cid or old.get("role") != "assistant":
+        if expect_mid:
+            raise NotFound("No such message.", code="message_not_found")
+        raise Conflict("This conversation has no reply to regenerate yet.", code="nothing_to_regenerate")
+
+    persona = conversation_persona(ext, conv)
+    provider = ext.catalog.provider(conv.get("provider") or None)
+    merged = {**(persona.params if persona else {}), **json.loads(conv.get("params") or "{}"), **params}
+    # "use" would hand back the very reply being replaced; refresh stores the new one instead
+    cache_mode = merged.pop("cache", "refresh")
+    cache_mode = "refresh" if cache_mode == "use" else cache_mode
+    mid = new_id("m")
+    request = render_request(ext, conv, mid, user.id, user.name, old_mid, None, provider.id,
+                             conv.get("model") or ext.catalog.model_for(provider, None), merged, cache_mode)
+    ext.pm.hook.before_generation(request=request, host=ext.host)
+    job_id = ext.queue.first_job_id(mid)
+    spec = {
+        "reply_message": _fields({"id": mid, "conversation_id": cid, "user_id": user.id, "role": "assistant",
+                                  "content": "", "state": "queued", "created_at": now_ms(), "provider": request.provider,
+                                  "model": request.model, "persona": persona.name if persona else "",
+                                  "params": request.params, "cache": cache_mode, "job_id": job_id,
+                                  "attempt": 0, "owner": "", "cancel": "0"}),
+        "queued_event": json.dumps({"state": "queued"}),
+        "max_active": int(config["MAX_ACTIVE_GENERATIONS"]),
+    }
+    out = ext.replies.regenerate(user.id, cid, old_mid if expect_mid else "", mid, spec)
+    if out[0] == "not_found":
+        raise NotFound("No such conversation.", code="conversation_not_found")
+    if out[0] == "no_reply":
+        raise Conflict("This conversation has no reply to regenerate yet.", code="nothing_to_regenerate")
+    if out[0] == "not_last":
+        raise Conflict("That reply is no longer the last one; regenerate the current last reply.",
+                       code="not_last_reply", details={"last_message_id": out[1]})
+    if out[0] == "in_progress":
+        raise Conflict("The last reply is still being generated; stop it or wait for it to finish.",
+                       code="reply_in_progress", details={"message_id": out[1]})
+    if out[0] == "too_many":
+        raise RateLimited(f"You have {config['MAX_ACTIVE_GENERATIONS']} replies in progress; wait for one "
+                          "to finish (or stop one) and try again.", code="too_many_generations", retry_after=2)
+    try:
+        ext.queue.enqueue(mid, job_id)
+    except Exception:  # the reply is stored with a lease: the reaper enqueues it
+        log.exception("enqueue failed for %s; the reaper will retry", mid)
+    return Accepted(cid, old.get("reply_to", ""), mid, "queued")
