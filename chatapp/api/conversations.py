@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from chatapp.api.errors import json_body
 from chatapp.auth import authenticate, load_user
 from chatapp.errors import InvalidRequest
+from chatapp.export import export_conversation, parse_format
+from chatapp.search import parse_query, search_conversations
 from chatapp.schemas import ConversationCreateSchema, ConversationPatchSchema, MessageCreateSchema, load
 from chatapp.store import conversation_resource
 
@@ -42,7 +44,24 @@ def create_conversation() -> Any:
 
 @bp.get("/conversations")
 def list_conversations() -> Any:
+    if "q" in request.args:  # search: a bounded scan, same page shape (chatapp.search)
+        cfg = current_app.config
+        query = parse_query(request.args["q"])
+        return jsonify(search_conversations(ext().store, load_user().id, query, page_size(),
+                                            request.args.get("cursor"), int(cfg["SEARCH_SCAN_LIMIT"]),
+                                            int(cfg["SEARCH_SCAN_MESSAGES"])))
     return jsonify(ext().store.list_conversations(load_user().id, page_size(), request.args.get("cursor")))
+
+
+@bp.get("/conversations/<cid>/export")
+def export(cid: str) -> Any:
+    user = load_user()
+    ext().store.conversation(user.id, cid)  # 404 before the format is looked at
+    out = export_conversation(ext().store, user.id, cid, parse_format(request.args.get("format")),
+                              int(current_app.config["MAX_EXPORT_MESSAGES"]))
+    response = Response(out.body, content_type=out.content_type, headers=out.headers)
+    response.headers["Content-Disposition"] = f'attachment; filename="{out.filename}"'
+    return response
 
 
 @bp.get("/conversations/<cid>")
