@@ -3,7 +3,10 @@
 gevent, because every websocket holds its handler for its whole life: one gevent process held
 1000 sockets at ~105 MB here, while gthread hung at its thread count (docs/deploy.md).
 """
+import glob
 import os
+import shutil
+import tempfile
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -17,6 +20,33 @@ timeout = 60
 accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss'
 forwarded_allow_ips = "*"  # Heroku and Render terminate TLS in front of us
+
+# Prometheus (GET /metrics): each gunicorn worker writes its metrics to files in this directory and
+# whichever worker answers a scrape adds them all up (prometheus_client's multiprocess mode). It
+# must be set before the workers fork and import the app: a fresh temporary directory per master
+# unless the operator sets one (an environment variable, so a reload on SIGHUP keeps it).
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ["_CHATAPP_PROMETHEUS_TMPDIR"] = tempfile.mkdtemp(
+        prefix="chatapp-prometheus-")
+
+
+def on_starting(server):  # noqa: ANN001 - gunicorn's hook signature
+    """An operator's directory may hold a previous run's files: counts start from zero."""
+    for path in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+        os.remove(path)
+
+
+def child_exit(server, worker):  # noqa: ANN001
+    """A worker exited: its live gauges (open websockets) stop counting; its counters stay."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):  # noqa: ANN001
+    own = os.environ.get("_CHATAPP_PROMETHEUS_TMPDIR")
+    if own:
+        shutil.rmtree(own, ignore_errors=True)
 
 
 def post_worker_init(worker):  # noqa: ANN001 - gunicorn's hook signature

@@ -1,4 +1,5 @@
-"""``flask --app wsgi users create NAME [--admin]``: prints the new key alone on the last line."""
+"""``flask --app wsgi users create NAME [--admin]``: prints the new key alone on the last line.
+``flask --app wsgi retention sweep [--days N]``: deletes idle conversations now."""
 from __future__ import annotations
 
 import click
@@ -23,6 +24,25 @@ def create_user(name: str, admin: bool) -> None:
     click.echo(key)
 
 
+retention_cli = AppGroup("retention", help="Delete conversations idle longer than CHATAPP_RETENTION_DAYS.")
+
+
+@retention_cli.command("sweep")
+@click.option("--days", type=float, default=None, help="Override CHATAPP_RETENTION_DAYS for this run.")
+def retention_sweep(days: float | None) -> None:
+    """Delete idle conversations now (waits for no schedule; refuses while another sweep runs)."""
+    from chatapp.retention import RetentionSweeper
+
+    sweeper = RetentionSweeper(current_app.extensions["chatapp"], days=days)
+    if not sweeper.enabled:
+        raise click.ClickException("Retention is off: set CHATAPP_RETENTION_DAYS or pass --days.")
+    deleted = sweeper.sweep()
+    if deleted is None:
+        raise click.ClickException("Another process is sweeping right now; try again shortly.")
+    click.echo(f"Deleted {deleted} conversations idle for more than {sweeper.days:g} days.")
+
+
 def init_app(app: Flask) -> None:
     app.cli.add_command(users_cli)
+    app.cli.add_command(retention_cli)
     app.extensions["chatapp"].pm.hook.register_commands(cli=app.cli)

@@ -65,10 +65,22 @@ DEFAULTS: dict[str, Any] = {
     "RELAY_BLOCK_MS": 2000,  # the relay's XREAD BLOCK; below redis-py's socket timeout
     "WAIT_TIMEOUT_S": 25.0,  # ?wait=true and /chat; below Heroku's 30 s router timeout
     "IDEMPOTENCY_TTL_S": 24 * 3600,
+    # search, export and batch (chatapp.search, chatapp.export, chatapp.batch)
+    "SEARCH_SCAN_LIMIT": 2000,  # conversations one ?q= request looks through; next_cursor goes on
+    "SEARCH_SCAN_MESSAGES": 20_000,  # messages one ?q= request reads at most (whole conversations)
+    "MAX_EXPORT_MESSAGES": 10_000,  # an export holds the first this many messages, and says so
+    "MAX_BATCH_PROMPTS": 100,  # prompts in one POST /batch (more: 413)
+    "BATCH_TTL_S": 7 * 24 * 3600,  # a batch's record (not its conversations) is kept this long
     # websocket
     "ALLOWED_ORIGINS": "",  # comma-separated; the same host is always allowed
     "SOCKET_QUEUE_SIZE": 2000,  # events buffered for a slow socket before it is told to resume
     "SOCK_SERVER_OPTIONS": {"ping_interval": 25},  # Heroku drops sockets silent for 55 s
+    # operations: GET /metrics, CORS, retention (chatapp.metrics, chatapp.cors, chatapp.retention)
+    "METRICS_TOKEN": None,  # set: GET /metrics requires "Authorization: Bearer <token>"
+    "METRICS_FLUSH_S": 1.0,  # how often a worker adds its metrics to Redis for /metrics
+    "CORS_ORIGINS": "",  # comma-separated origins (or *) that may call /api/v1 from a browser; empty: none
+    "RETENTION_DAYS": None,  # delete conversations idle this many days; None keeps them forever
+    "RETENTION_SWEEP_S": 3600,  # how often a worker sweeps (one sweep at a time across processes)
 }
 
 #: variables read by their own names (no CHATAPP_ prefix)
@@ -79,7 +91,7 @@ PLAIN_ENV = (
 )
 
 #: never logged or shown by /-/plugins and friends
-SECRET_KEYS = frozenset({"RUNPOD_API_KEY", "OPENAI_API_KEY", "SECRET_KEY", "REDIS_URL"})
+SECRET_KEYS = frozenset({"RUNPOD_API_KEY", "OPENAI_API_KEY", "SECRET_KEY", "REDIS_URL", "METRICS_TOKEN"})
 
 
 def load_config(app: Flask, test_config: dict[str, Any] | None = None) -> None:

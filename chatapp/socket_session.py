@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 from simple_websocket import ConnectionClosed
 
+from chatapp import metrics
 from chatapp.auth import User
 from chatapp.errors import ChatAppError, InvalidRequest, NotFound, TooLarge, Unavailable
 from chatapp.relay import Subscription
@@ -76,6 +77,7 @@ class SocketSession:
     def run(self) -> None:
         registry = self.ext.sockets
         registry.add(self)
+        metrics.websocket_opened(self.ext)
         reader = threading.Thread(target=self._read, name="chatapp-ws-reader", daemon=True)
         reader.start()
         try:
@@ -97,6 +99,7 @@ class SocketSession:
             pass
         finally:
             registry.remove(self)
+            metrics.websocket_opened(self.ext, -1)
             for sub in list(self.subs.values()):
                 sub.close()
 
@@ -106,6 +109,7 @@ class SocketSession:
                 data = self.ws.receive()
                 if data is None:
                     continue
+                metrics.websocket_frame(self.ext, "in")
                 self.inbox.put(("frame", data))
         except ConnectionClosed:
             pass
@@ -122,6 +126,7 @@ class SocketSession:
 
     def _send(self, frame: dict[str, Any]) -> None:
         self.ws.send(json.dumps(frame, ensure_ascii=False, separators=(",", ":")))
+        metrics.websocket_frame(self.ext, "out")
 
     # -- frames ---------------------------------------------------------------------------------
     def _handle(self, raw: Any) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
+from chatapp import metrics
 from chatapp.chat import request_for_reply, result_from_record
 from chatapp.errors import ChatAppError
 from chatapp.models import ChatRequest, GenerationResult, Persona
@@ -98,6 +99,7 @@ class Finisher(threading.Thread):
         mid = fields.get("m", "")
         try:
             request, result = self.rebuild(mid, fields)
+            metrics.reply_finished(self.ext, fields, result)
             self.ext.pm.hook.after_generation(request=request, result=result, host=self.ext.host)
         except Exception:
             log.exception("after_generation failed for %s", mid)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from chatapp.metrics_redis import MetricsFlusher
+from chatapp.retention import RetentionSweeper
 from workers import runtime
 from workers.finisher import Finisher
 from workers.keeper import LeaseKeeper
@@ -12,12 +14,15 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class WorkerServices:
-    """The lease keeper (leases, Stop, reaper, liveness) and the finisher (after_generation)."""
+    """The lease keeper (leases, Stop, reaper, liveness), the finisher (after_generation), the
+    metrics flusher (worker metrics to Redis, for /metrics) and the retention sweeper."""
 
     def __init__(self, ext: "ChatApp") -> None:
         self.ext = ext
         self.keeper = LeaseKeeper(ext)
         self.finisher = Finisher(ext, consumer=self.keeper.worker_id, block_ms=int(ext.config["RELAY_BLOCK_MS"]))
+        self.metrics_flusher = MetricsFlusher(ext.metrics.worker, float(ext.config.get("METRICS_FLUSH_S", 1.0)))
+        self.retention = RetentionSweeper(ext)
 
     def start(self) -> "WorkerServices":
         """Make this process's job functions use it, and start its threads."""
@@ -27,8 +32,12 @@ class WorkerServices:
     def start_threads(self) -> "WorkerServices":
         self.keeper.start()
         self.finisher.start()
+        self.metrics_flusher.start()
+        self.retention.start()  # only when CHATAPP_RETENTION_DAYS is set
         return self
 
     def stop(self) -> None:
+        self.retention.stop()
         self.finisher.stop()
         self.keeper.stop()
+        self.metrics_flusher.stop()  # last: writes what the others counted

@@ -1,4 +1,4 @@
-"""Operational routes that need no key: liveness, readiness, plugins."""
+"""Operational routes that need no key: liveness, readiness, plugins, metrics, the OpenAPI document."""
 from __future__ import annotations
 
 from typing import Any
@@ -6,6 +6,7 @@ from typing import Any
 import redis
 from flask import Blueprint, current_app, jsonify
 
+from chatapp import metrics, openapi
 from chatapp.plugin_manager import describe_plugins
 
 bp = Blueprint("meta", __name__)
@@ -35,3 +36,15 @@ def readyz() -> Any:
 @bp.get("/-/plugins")
 def plugins() -> Any:
     return jsonify({"items": describe_plugins(current_app.extensions["chatapp"].pm)})
+
+
+@bp.get("/metrics")
+def prometheus_metrics() -> Any:
+    """Prometheus metrics of the web processes and, through Redis, the workers."""
+    return metrics.metrics_response()
+
+
+@bp.get("/openapi.json")
+def openapi_document() -> Any:
+    """The OpenAPI 3.1 description of the REST API, generated from the routes."""
+    return jsonify(openapi.build_spec(current_app))
