@@ -45,6 +45,17 @@ def _fields(mapping: dict[str, Any]) -> list[str]:
     return out
 
 
+def queued_reply_fields(request: ChatRequest, reply_to: str, job_id: str, created_at: int) -> list[str]:
+    """The stored record of a new, queued reply answering ``request`` (for the send and
+    regenerate scripts' HSET)."""
+    return _fields({"id": request.message_id, "conversation_id": request.conversation_id,
+                    "user_id": request.user_id, "role": "assistant", "content": "", "state": "queued",
+                    "created_at": created_at, "reply_to": reply_to, "provider": request.provider,
+                    "model": request.model, "persona": request.persona.name if request.persona else "",
+                    "params": request.params, "cache": request.cache, "job_id": job_id, "attempt": 0,
+                    "owner": "", "cancel": "0"})
+
+
 def conversation_persona(ext: "ChatApp", conv: dict[str, str]) -> Persona | None:
     """The conversation's persona as pinned when it started (or last changed), with its
     per-conversation system prompt override applied."""
@@ -179,12 +190,7 @@ class ChatService:
             "user_message": _fields({"id": user_mid, "conversation_id": conversation_id, "user_id": user.id,
                                      "role": "user", "content": content, "state": "done", "created_at": now,
                                      "client_message_id": client_message_id or "", "idem_key": idem_key}),
-            "reply_message": _fields({"id": reply_mid, "conversation_id": conversation_id, "user_id": user.id,
-                                      "role": "assistant", "content": "", "state": "queued", "created_at": now,
-                                      "reply_to": user_mid, "provider": request.provider, "model": request.model,
-                                      "persona": persona_obj.name if persona_obj else "",
-                                      "params": request.params, "cache": cache_mode, "job_id": job_id,
-                                      "attempt": 0, "owner": "", "cancel": "0"}),
+            "reply_message": queued_reply_fields(request, user_mid, job_id, now),
             "queued_event": json.dumps({"state": "queued"}),
             "max_active": int(self.config["MAX_ACTIVE_GENERATIONS"]),
         }

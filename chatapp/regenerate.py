@@ -12,7 +12,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from chatapp.auth import User
-from chatapp.chat import Accepted, _fields, conversation_persona, render_request
+from chatapp.chat import Accepted, conversation_persona, queued_reply_fields, render_request
 from chatapp.errors import Conflict, NotFound, RateLimited
 from chatapp.ids import new_id, now_ms
 from chatapp.limits import check_rate
@@ -52,11 +52,7 @@ def regenerate(ext: "ChatApp", user: User, cid: str, expect_mid: str | None = No
     ext.pm.hook.before_generation(request=request, host=ext.host)
     job_id = ext.queue.first_job_id(mid)
     spec = {
-        "reply_message": _fields({"id": mid, "conversation_id": cid, "user_id": user.id, "role": "assistant",
-                                  "content": "", "state": "queued", "created_at": now_ms(), "provider": request.provider,
-                                  "model": request.model, "persona": persona.name if persona else "",
-                                  "params": request.params, "cache": cache_mode, "job_id": job_id,
-                                  "attempt": 0, "owner": "", "cancel": "0"}),
+        "reply_message": queued_reply_fields(request, old.get("reply_to", ""), job_id, now_ms()),
         "queued_event": json.dumps({"state": "queued"}),
         "max_active": int(config["MAX_ACTIVE_GENERATIONS"]),
     }
