@@ -85,7 +85,8 @@ def after_generation(request: ChatRequest, result: GenerationResult, host: Host)
            "input_tokens", "output_tokens", "reply_chars", "prompt_chars")}}
     args: list[Any] = [host.key("usage", "seen", result.message_id), 30 * 86400, len(keys), *keys]
     for name, amount in inc.items():
-        args += [name, amount]
+        if amount:  # most counters are 0 for a given reply; skip the no-op writes
+            args += [name, amount]
     args += ["--log--", host.key("usage", "log")]
     for name in LOG_FIELDS:
         args += [name, log[name]]

@@ -1,0 +1,215 @@
+"""Issue 7 benchmarks of the pipeline itself, each against a baseline measured in the same run.
+
+    python -m bench.pipeline throughput   # short turns/s through the pipeline vs bare RQ no-op jobs/s
+    python -m bench.pipeline history      # listing latency: 100 vs 100,000 stored conversations
+    python -m bench.pipeline memory       # Redis bytes per stored message and per streamed token
+    python -m bench.pipeline all
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import subprocess
+import time
+from typing import Any
+
+import redis
+import requests
+from rq import Queue
+
+from bench.harness import BIN, ROOT, Stack, run_cli, summary
+
+#: an instant provider, no cache: what is measured is the pipeline, not generation
+INSTANT = {"CHATAPP_DEFAULT_PROVIDER": "echo", "CHATAPP_BUNDLED_EMULATOR": "false", "CHATAPP_CACHE_ENABLED": "false"}
+
+
+def noop() -> None:
+    """The bare-RQ baseline's job: nothing at all."""
+
+
+def _wait_until(check: Any, timeout: float) -> float:
+    """Poll ``check`` until true; returns the time it became true (monotonic)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return time.monotonic()
+        time.sleep(0.02)
+    raise TimeoutError("benchmark did not finish in time")
+
+
+def _bare_rq_rate(stack: Stack, n: int) -> float:
+    """No-op jobs/s on the same worker process and queue the replies use (enqueued in bulk)."""
+    raw = redis.Redis.from_url(stack.redis_url)  # RQ stores pickles: no decode_responses
+    queue = Queue("chat", connection=raw)
+    registry = queue.finished_job_registry
+    before = registry.count
+    t0 = time.monotonic()
+    with raw.pipeline() as pipe:
+        queue.enqueue_many([Queue.prepare_data("bench.pipeline.noop", result_ttl=600) for _ in range(n)], pipeline=pipe)
+        pipe.execute()
+    done = _wait_until(lambda: registry.count - before >= n, 120)
+    return n / (done - t0)
+
+
+def _pipeline_rate(stack: Stack, n: int, clients: int) -> float:
+    """Short turns/s: ``n`` sends from ``clients`` concurrent REST clients, until every reply is done."""
+    headers = {"Authorization": f"Bearer {stack.key}"}
+    session = requests.Session()
+    convs = [session.post(f"{stack.url}/api/v1/conversations", json={}, headers=headers, timeout=10).json()["id"]
+             for _ in range(clients)]
+    per_client = n // clients
+
+    def drive(cid: str) -> list[str]:
+        s = requests.Session()
+        mids = []
+        for i in range(per_client):
+            r = s.post(f"{stack.url}/api/v1/conversations/{cid}/messages", json={"content": f"turn {i}"},
+                       headers=headers, timeout=30)
+            assert r.status_code == 202, r.text
+            mids.append(r.json()["message_id"])
+        return mids
+
+    t0 = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        mids = [m for batch in pool.map(drive, convs) for m in batch]
+    pending = set(mids)
+
+    def all_done() -> bool:
+        # only the replies not seen done yet: the bench's own polling stays a small load
+        ids = list(pending)
+        with stack.redis.pipeline(transaction=False) as pipe:
+            for mid in ids:
+                pipe.hget(f"chatapp:msg:{mid}", "state")
+            pending.difference_update(mid for mid, state in zip(ids, pipe.execute()) if state == "done")
+        return not pending
+
+    done = _wait_until(all_done, 300)
+    return len(mids) / (done - t0)
+
+
+def bench_throughput(n: int = 600, clients: int = 20, rounds: int = 3) -> dict[str, Any]:
+    stack = Stack(INSTANT, worker_concurrency=32)
+    try:
+        _pipeline_rate(stack, clients * 2, clients)  # warm up both sides
+        _bare_rq_rate(stack, 50)
+        pipe_rates, rq_rates = [], []
+        for _ in range(rounds):  # interleaved, so both see the same machine
+            rq_rates.append(_bare_rq_rate(stack, n))
+            pipe_rates.append(_pipeline_rate(stack, n, clients))
+        ratio = summary(pipe_rates)["p50"] / summary(rq_rates)["p50"]
+        print(f"bare RQ no-op jobs/s: {[round(r) for r in rq_rates]}  pipeline replies/s: "
+              f"{[round(r) for r in pipe_rates]}  median ratio {ratio:.2f} (target >= 0.8)")
+        return {"bare_rq_jobs_per_s": summary(rq_rates), "pipeline_replies_per_s": summary(pipe_rates),
+                "ratio": ratio, "n": n, "clients": clients, "worker_concurrency": 32}
+    finally:
+        stack.close()
+
+
+def _fill_conversations(stack: Stack, uid: str, count: int) -> None:
+    """Store ``count`` conversations for ``uid`` in the app's own layout (chatapp.store)."""
+    now = int(time.time() * 1000)
+    with stack.redis.pipeline(transaction=False) as pipe:
+        for i in range(count):
+            cid = f"c_bench{uid}{i:07d}"
+            at = now - i
+            pipe.hset(f"chatapp:conv:{cid}", mapping={
+                "id": cid, "user_id": uid, "title": f"conversation {i}", "persona": "assistant", "provider": "echo",
+                "model": "echo-1", "params": "{}", "created_at": at, "updated_at": at, "message_count": 2,
+                "cost_micros": 0, "msg_counter": 2})
+            pipe.zadd(f"chatapp:user:{uid}:convs", {cid: at})
+            if i % 5000 == 4999:
+                pipe.execute()
+        pipe.execute()
+
+
+def _user(stack: Stack, name: str) -> tuple[str, str]:
+    """A new user's (API key, id), made with the documented command."""
+    out = subprocess.run([os.path.join(BIN, "flask"), "--app", "wsgi", "users", "create", name], cwd=ROOT,
+                         env=stack.env, capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1], stack.redis.hget("chatapp:user_names", name)
+
+
+def bench_history(n: int = 400) -> dict[str, Any]:
+    stack = Stack(INSTANT, start_worker=False)
+    try:
+        small_key, small_uid = _user(stack, "small")
+        big_key, big_uid = _user(stack, "big")
+        _fill_conversations(stack, small_uid, 100)
+        t0 = time.monotonic()
+        _fill_conversations(stack, big_uid, 100_000)
+        print(f"stored 100,000 conversations in {time.monotonic() - t0:.1f} s")
+        session = requests.Session()
+
+        def timed_page(key: str, cursor: str | None = None) -> tuple[float, dict[str, Any]]:
+            url = f"{stack.url}/api/v1/conversations?limit=20" + (f"&cursor={cursor}" if cursor else "")
+            t = time.perf_counter()
+            r = session.get(url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+            elapsed = (time.perf_counter() - t) * 1000
+            assert r.status_code == 200 and len(r.json()["items"]) == 20, r.text
+            return elapsed, r.json()
+
+        # a cursor a few pages into the big history
+        _, page = timed_page(big_key)
+        for _ in range(3):
+            _, page = timed_page(big_key, page["next_cursor"])
+        deep = page["next_cursor"]
+        for _ in range(30):  # warm-up
+            timed_page(small_key), timed_page(big_key)
+        small, big, big_deep = [], [], []
+        for _ in range(n):  # interleaved
+            small.append(timed_page(small_key)[0])
+            big.append(timed_page(big_key)[0])
+            big_deep.append(timed_page(big_key, deep)[0])
+        out = {"100_first_page_ms": summary(small), "100k_first_page_ms": summary(big),
+               "100k_later_page_ms": summary(big_deep)}
+        out["ratio_p50"] = out["100k_first_page_ms"]["p50"] / out["100_first_page_ms"]["p50"]
+        out["ratio_later_page_p50"] = out["100k_later_page_ms"]["p50"] / out["100_first_page_ms"]["p50"]
+        for name in ("100_first_page_ms", "100k_first_page_ms", "100k_later_page_ms"):
+            print(f"{name:>20}: p50 {out[name]['p50']:.2f} ms  p99 {out[name]['p99']:.2f} ms")
+        print(f"ratio 100k/100 (p50): first page {out['ratio_p50']:.2f}, later page {out['ratio_later_page_p50']:.2f}"
+              " (target <= 1.5)")
+        return out
+    finally:
+        stack.close()
+
+
+def bench_memory(n: int = 300) -> dict[str, Any]:
+    stack = Stack(INSTANT, worker_concurrency=32)
+    try:
+        headers = {"Authorization": f"Bearer {stack.key}"}
+        session = requests.Session()
+        cid = session.post(f"{stack.url}/api/v1/conversations", json={}, headers=headers, timeout=10).json()["id"]
+        session.post(f"{stack.url}/api/v1/conversations/{cid}/messages?wait=true", json={"content": "warm up"},
+                     headers=headers, timeout=30)
+        time.sleep(1)
+        before = stack.redis.info("memory")["used_memory"]
+        text = " ".join(f"word{i}" for i in range(40))  # echo answers with the same 40 words + a prefix
+        mids = []
+        for _ in range(n):
+            r = session.post(f"{stack.url}/api/v1/conversations/{cid}/messages?wait=true", json={"content": text},
+                             headers=headers, timeout=30)
+            mids.append(r.json()["message_id"])
+        time.sleep(1)
+        after = stack.redis.info("memory")["used_memory"]
+        tokens = sum(int(stack.redis.hget(f"chatapp:msg:{m}", "seq") or 0) for m in mids)
+        streams = sum(stack.redis.memory_usage(f"chatapp:ev:{m}") or 0 for m in mids)
+        messages = sum((stack.redis.memory_usage(f"chatapp:msg:{m}") or 0) for m in mids)
+        users = [stack.redis.hget(f"chatapp:msg:{m}", "reply_to") for m in mids]
+        messages += sum((stack.redis.memory_usage(f"chatapp:msg:{u}") or 0) for u in users if u)
+        out = {"turns": n, "used_memory_delta_bytes": after - before,
+               "bytes_per_turn_total": (after - before) / n,
+               "bytes_per_stored_message": messages / (2 * n),
+               "events_per_reply": tokens / n,
+               "bytes_per_streamed_event": streams / max(tokens, 1),
+               "note": "events kept STREAM_TTL_S (default 1 day) after a reply ends; echo sends one event a word"}
+        print(f"per stored message {out['bytes_per_stored_message']:.0f} B; per streamed event (token) "
+              f"{out['bytes_per_streamed_event']:.0f} B while its stream lives; whole turn "
+              f"{out['bytes_per_turn_total']:.0f} B (incl. firehose, outbox, usage log)")
+        return out
+    finally:
+        stack.close()
+
+
+if __name__ == "__main__":
+    run_cli("pipeline", __doc__ or "", {"throughput": bench_throughput, "history": bench_history,
+                                        "memory": bench_memory})
