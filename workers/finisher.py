@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import redis
@@ -27,6 +28,32 @@ log = logging.getLogger(__name__)
 
 GROUP = "after_generation"
 CLAIM_IDLE_MS = 60_000
+
+
+class RecentRequests:
+    """The requests this process's jobs rendered, by reply id, so that the finisher (which
+    usually runs in the same process) does not render each one again for the hook: rendering
+    reads the conversation, its persona and history. Bounded: the oldest are dropped."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._items: OrderedDict[str, ChatRequest] = OrderedDict()
+        self._lock = threading.Lock()
+        self.size = size
+
+    def put(self, mid: str, request: ChatRequest) -> None:
+        with self._lock:
+            self._items[mid] = request
+            self._items.move_to_end(mid)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def pop(self, mid: str) -> ChatRequest | None:
+        with self._lock:
+            return self._items.pop(mid, None)
+
+
+#: one per process, shared by the job threads and the finisher thread
+RENDERED = RecentRequests()
 
 
 class Finisher(threading.Thread):
@@ -69,10 +96,14 @@ class Finisher(threading.Thread):
                 self.stopping.wait(1)
 
     def rebuild(self, mid: str, fields: dict[str, str]) -> tuple[ChatRequest, GenerationResult]:
-        """The request and result for the hook: re-rendered from the stored conversation, or, when
-        it was deleted meanwhile, from the record the outbox entry carries (no prompt, no text)."""
+        """The request and result for the hook: the request the job rendered when it ran in this
+        process, else re-rendered from the stored conversation, or, when that was deleted
+        meanwhile, from the record the outbox entry carries (no prompt, no text)."""
+        rendered = RENDERED.pop(mid)
         h = self.ext.redis.hgetall(f"{self.ext.prefix}msg:{mid}")
         if h:
+            if rendered is not None:
+                return rendered, result_from_record(h)
             try:
                 request, _provider = request_for_reply(self.ext, mid)
                 return request, result_from_record(h)
