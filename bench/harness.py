@@ -49,15 +49,19 @@ class Stack:
     """redis-server + gunicorn web + ``python -m workers``, all on loopback, torn down at exit."""
 
     def __init__(self, env: dict[str, str] | None = None, web_workers: int = 1, worker_concurrency: int = 100,
-                 start_worker: bool = True) -> None:
+                 start_worker: bool = True, appendonly: bool = False) -> None:
         self.dir = tempfile.mkdtemp(prefix="chatapp-bench-")
         self.redis_port, self.web_port = free_port(), free_port()
         self.procs: list[subprocess.Popen] = []
+        self.worker_concurrency = worker_concurrency
         redis_bin = shutil.which("redis-server")
         if not redis_bin:
             raise SystemExit("bench needs redis-server on PATH")
-        self._spawn([redis_bin, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", self.dir,
-                     "--save", "", "--appendonly", "no"], "redis")
+        self.redis_args = [redis_bin, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", self.dir,
+                           "--save", "", "--appendonly", "no"]
+        if appendonly:  # AOF with fsync every second, as the embedded default runs it
+            self.redis_args[-1:] = ["yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction"]
+        self.redis_proc = self._spawn(self.redis_args, "redis")
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
         self.redis = redis.Redis.from_url(self.redis_url, decode_responses=True)
         self._wait(lambda: self.redis.ping())
@@ -72,8 +76,7 @@ class Stack:
                                 "--access-logfile", "/dev/null"], "web")
         self.worker = None
         if start_worker:
-            self.worker = self._spawn([sys.executable, "-m", "workers", "--concurrency", str(worker_concurrency)],
-                                      "worker")
+            self.worker = self.start_worker()
         self.url = f"http://127.0.0.1:{self.web_port}"
         self.ws_url = f"ws://127.0.0.1:{self.web_port}/ws"
         self._wait(lambda: requests.get(self.url + "/healthz", timeout=1).raise_for_status())
@@ -99,6 +102,35 @@ class Stack:
                 if time.time() > deadline:
                     raise
                 time.sleep(0.1)
+
+    def start_worker(self, name: str = "worker") -> subprocess.Popen:
+        """Start a ``python -m workers`` process (it becomes ``self.worker``)."""
+        self.worker = self._spawn([sys.executable, "-m", "workers", "--concurrency", str(self.worker_concurrency)],
+                                  name)
+        return self.worker
+
+    def kill_worker(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the current worker process (its whole session) and reap it."""
+        if self.worker is not None and self.worker.poll() is None:
+            os.killpg(self.worker.pid, sig)
+            self.worker.wait(15)
+
+    def restart_redis(self, down_s: float = 1.0, name: str = "redis-restarted") -> float:
+        """SIGTERM redis-server (it writes its AOF and exits), stay down ``down_s``, start it again
+        on the same port and dir; returns the time.time() at which it answered again."""
+        os.killpg(self.redis_proc.pid, signal.SIGTERM)
+        self.redis_proc.wait(30)
+        time.sleep(down_s)
+        self.redis_proc = self._spawn(self.redis_args, name)
+        self._wait(lambda: self.redis.ping())
+        return time.time()
+
+    def log_tail(self, name: str, chars: int = 3000) -> str:
+        try:
+            with open(os.path.join(self.dir, f"{name}.log"), "rb") as f:
+                return f.read().decode(errors="replace")[-chars:]
+        except OSError:
+            return ""
 
     def web_pids(self) -> list[int]:
         out = subprocess.run(["pgrep", "-P", str(self.web.pid)], capture_output=True, text=True)

@@ -55,7 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "JOB_TIMEOUT_S": 600,  # RQ job timeout; RunPod executionTimeout is set below it
     "LEASE_TTL_S": 5.0,  # a worker that stops renewing for this long is presumed dead
     "LEASE_RENEW_S": 0.5,  # also how often Stop is noticed by the worker
-    "QUEUE_GRACE_S": 30.0,  # how long a queued reply waits before the reaper checks its job
+    "QUEUE_GRACE_S": 15.0,  # how long a queued reply waits before the reaper checks its job (and again after)
     "MAX_ATTEMPTS": 3,
     "WORKER_CONCURRENCY": 100,  # generations one worker process runs at once
     "WORKER_DRAIN_S": 25,  # on SIGTERM, how long running replies get to finish (then leases hand off)

@@ -77,6 +77,13 @@ class Subscription:
 
     def _check_finished(self) -> None:
         state, final_seq = self.relay.reply_state(self.mid)
+        if final_seq and self.last_seq < final_seq:
+            # the reply may have ended between the caller's stream read and this one: the record
+            # gets final_seq only after the events, so a read now has them all unless they expired
+            for entry in self.relay.read_stream(self.mid, self.last_seq):
+                self._deliver(*entry)
+            if self.closed:
+                return
         if state is None:
             self._fail("message_not_found", "The reply no longer exists.")
         elif final_seq and self.last_seq < final_seq:
@@ -115,7 +122,16 @@ class Relay:
         sub = Subscription(self, mid, after_seq, sink)
         with self.lock:
             self.subs.setdefault(mid, set()).add(sub)
-        sub.catch_up()
+        try:
+            sub.catch_up()
+        except redis.RedisError as exc:
+            # Redis blinked during the replay: hand the subscription to the sweep, which replays
+            # it from its stream (and flushes what was buffered) once Redis answers, instead of
+            # leaving it buffering forever
+            log.warning("relay: replay of %s failed (%s); the sweep will resume it", mid, type(exc).__name__)
+            with sub.lock:
+                sub.ready = True
+            sub.touched = 0.0
         return sub
 
     def wait(self, mid: str, timeout: float) -> Frame | None:

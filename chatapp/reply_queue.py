@@ -52,6 +52,13 @@ class ReplyQueue:
         except NoSuchJobError:
             return None
 
+    def waiting(self, job_id: str) -> bool:
+        """Whether a queue list still holds the job. RQ pops from several queues with BLPOP, which
+        is not crash-safe: a worker that dies (or loses its connection) right after the pop leaves
+        the job marked ``queued`` with no list holding it. LPOS is a scan, but the reaper only
+        asks for replies that have waited a whole queue grace."""
+        return any(self.connection.lpos(q.key, job_id) is not None for q in (self.queue, self.batch_queue))
+
     def depth(self, *, batch: bool = False) -> int:
         """Jobs waiting on the main queue (or on the batch queue)."""
         return (self.batch_queue if batch else self.queue).count

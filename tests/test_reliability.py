@@ -149,6 +149,22 @@ def test_lost_queued_job_is_enqueued_again(rext, worker):
     assert final and final["type"] == "done" and record(rext, acc.message_id)["content"] == TEXT
 
 
+def test_job_popped_by_a_worker_that_died_is_enqueued_again(rext, worker):
+    """RQ pops from several queues with BLPOP: a worker that dies right after the pop leaves the
+    job marked "queued" while no list holds it. The reaper must not take that for alive."""
+    worker.stop()
+    _, acc = queued_reply(rext)
+    popped = rext.clients.raw.blpop([q.key for q in (rext.queue.queue, rext.queue.batch_queue)], 1)
+    assert popped and popped[1].decode() == rext.queue.first_job_id(acc.message_id)
+    assert rext.queue.job_status(rext.queue.first_job_id(acc.message_id)) == "queued"
+    w = InThreadWorker(rext)
+    try:
+        final = rext.relay.wait(acc.message_id, 15)  # queue grace (2 s) + reaper
+    finally:
+        w.stop()
+    assert final and final["type"] == "done" and record(rext, acc.message_id)["content"] == TEXT
+
+
 def test_cancel_between_attempts_ends_it(rext):
     _, acc = queued_reply(rext)
     rext.replies.claim(acc.message_id, "t1")
@@ -158,3 +174,40 @@ def test_cancel_between_attempts_ends_it(rext):
     assert rext.replies.cancel(uid, acc.message_id) == "cancelled"
     rec = record(rext, acc.message_id)
     assert rec["state"] == "cancelled" and rec["content"] == "Echo"
+
+
+def test_after_generation_hit_by_a_redis_error_runs_again(app_config, monkeypatch):
+    """A Redis blip inside after_generation must not skip the reply's cache, budget and usage:
+    the outbox entry stays unacknowledged and is claimed and run again."""
+    import redis as redis_lib
+
+    from chatapp.hookspecs import hookimpl
+    from tests.conftest import close_app, make_app
+    from workers import finisher as finisher_mod
+
+    calls = []
+
+    class Flaky:
+        @hookimpl
+        def after_generation(self, result):
+            calls.append(result.message_id)
+            if len(calls) == 1:
+                raise redis_lib.ConnectionError("blip")
+
+    application = make_app(app_config, extra_plugins=(Flaky(),))
+    ext = application.extensions["chatapp"]
+    w = InThreadWorker(ext)
+    try:
+        user = ext.users.create("flaky")[0]
+        acc = ext.chat.send(user, conversation_id=None, content="hello there")
+        deadline = time.monotonic() + 10
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert calls == [acc.message_id]
+        monkeypatch.setattr(finisher_mod, "CLAIM_IDLE_MS", 0)
+        w.services.finisher.claim_abandoned()
+        assert calls == [acc.message_id, acc.message_id]
+        assert ext.redis.xpending(f"{ext.prefix}finished", finisher_mod.GROUP)["pending"] == 0
+    finally:
+        w.stop()
+        close_app(application)

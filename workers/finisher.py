@@ -132,6 +132,12 @@ class Finisher(threading.Thread):
             request, result = self.rebuild(mid, fields)
             metrics.reply_finished(self.ext, fields, result)
             self.ext.pm.hook.after_generation(request=request, result=result, host=self.ext.host)
+        except redis.RedisError as exc:
+            # Redis blinked: leave the entry unacknowledged so it is claimed and run again after
+            # CLAIM_IDLE_MS, rather than skipping this reply's cache store, budget and usage
+            log.warning("after_generation for %s hit a Redis error (%s); it will run again", mid,
+                        type(exc).__name__)
+            return
         except Exception:
             log.exception("after_generation failed for %s", mid)
         with self.ext.redis.pipeline(transaction=False) as pipe:

@@ -12,6 +12,7 @@ import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+import redis
 from rq.timeouts import JobTimeoutException
 
 from chatapp.chat import request_for_reply
@@ -22,6 +23,7 @@ from chatapp.models import (
 )
 from chatapp.replies import Claim, FencedOut
 from workers import runtime
+from workers.finisher import RENDERED
 
 if TYPE_CHECKING:  # pragma: no cover
     from chatapp.extension import ChatApp
@@ -67,13 +69,15 @@ class ReplyRun:
         try:
             result = self.generate(request, provider, context, claim)
         finally:
-            self.keeper.untrack(self.mid)
+            self.keeper.untrack(self.mid, self.token)
         if result is None:
             return "fenced"
         return self.finish(request, provider, result)
 
     def build_request(self) -> tuple[ChatRequest, Provider]:
-        return request_for_reply(self.ext, self.mid)
+        request, provider = request_for_reply(self.ext, self.mid)
+        RENDERED.put(self.mid, request)  # after_generation reuses it when it runs in this process
+        return request, provider
 
     def generate(self, request: ChatRequest, provider: Provider, context: GenerationContext,
                  claim: Claim) -> GenerationResult | None:
@@ -93,7 +97,15 @@ class ReplyRun:
                 result.state, result.finish_reason = CANCELLED, "cancelled"
         except FencedOut:
             log.warning("reply %s: this run lost ownership; stopping its provider", self.mid)
-            self.keeper.stop_generation(self.mid, "fenced")  # tells the provider once
+            self.keeper.stop_generation(self.mid, "fenced", self.token)  # tells the provider once
+            return None
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # Redis blinked while this run wrote an event: the write may or may not have landed,
+            # so do not finish (that would fail a reply nothing is wrong with). Stop here without
+            # cancelling the provider job; the lease lapses and a retry resumes after the text
+            # that is stored (reattaching to the provider job when it can).
+            log.warning("reply %s: Redis unavailable while streaming (%s); handing it off to a retry",
+                        self.mid, type(exc).__name__)
             return None
         except ChatAppError as err:
             result.state, result.error = FAILED, err.to_dict()["error"]

@@ -51,9 +51,13 @@ class LeaseKeeper(threading.Thread):
         with self.lock:
             self.running[mid] = Running(token, context, provider)
 
-    def untrack(self, mid: str) -> None:
+    def untrack(self, mid: str, token: str | None = None) -> None:
+        """Forget a run; with ``token``, only if it is still the one tracked (a fenced run that
+        ends after its retry started in this process must not untrack the retry)."""
         with self.lock:
-            self.running.pop(mid, None)
+            running = self.running.get(mid)
+            if running is not None and (token is None or running.token == token):
+                del self.running[mid]
 
     def active(self) -> int:
         with self.lock:
@@ -87,13 +91,14 @@ class LeaseKeeper(threading.Thread):
         outcome = self.ext.replies.renew(self.worker_id, held, self.worker_ttl_ms)
         for mid, status in outcome.items():
             if status in ("cancel", "lost"):
-                self.stop_generation(mid, reason=status)
+                self.stop_generation(mid, reason=status, token=held[mid])
 
-    def stop_generation(self, mid: str, reason: str) -> None:
-        """Set the reply's cancelled flag and tell the provider once (off this thread: it may be slow)."""
+    def stop_generation(self, mid: str, reason: str, token: str | None = None) -> None:
+        """Set the reply's cancelled flag and tell the provider once (off this thread: it may be slow).
+        With ``token``, only that run: a fenced run must not stop the retry that replaced it."""
         with self.lock:
             running = self.running.get(mid)
-            if running is None or running.cancel_sent:
+            if running is None or running.cancel_sent or (token is not None and running.token != token):
                 return
             running.cancel_sent = True
         log.info("stopping generation %s (%s)", mid, reason)
@@ -116,8 +121,11 @@ class LeaseKeeper(threading.Thread):
                 self.enqueue_again(mid)
             elif outcome == "check_queue":
                 job_id = self.ext.redis.hget(f"{self.ext.prefix}msg:{mid}", "job_id")
-                if queue.job_status(job_id) not in ALIVE_JOB_STATES:
-                    log.warning("reply %s has no live job (%s); enqueueing it again", mid, job_id)
+                status = queue.job_status(job_id)
+                if status not in ALIVE_JOB_STATES or (status == "queued" and not queue.waiting(job_id)):
+                    # gone, failed, started but never claimed, or popped by a worker that died:
+                    # a second run is harmless (the claim is fenced), a lost reply is not
+                    log.warning("reply %s has no live job (%s: %s); enqueueing it again", mid, job_id, status)
                     self.enqueue_again(mid)
             elif outcome in ("failed", "cancelled"):
                 log.warning("reply %s ended by the reaper: %s", mid, outcome)

@@ -3,18 +3,30 @@
 Generations are I/O-bound (waiting on the provider), so a ``SimpleWorker`` hands each job to a
 bounded thread pool; a slot is taken *before* dequeuing, so a dequeued job never waits.
 RQ's SIGALRM job timeout only works in the main thread, hence ``TimerDeathPenalty``.
+
+RQ retries Redis connection errors only inside its dequeue wait; one anywhere else in its loop
+(a heartbeat, the suspension check, maintenance, recording a job's start) makes ``work()`` quit,
+and the process exits with every later reply left queued. A Redis blip (killed connections, a
+restart) must not stop the worker: those steps here log and carry on, and recording a job's start
+waits for Redis like RQ's dequeue does.
 """
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import redis
 from rq import SimpleWorker
 from rq.timeouts import TimerDeathPenalty
 
 log = logging.getLogger(__name__)
+
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+#: waits between attempts to record a dequeued job's start while Redis is unreachable
+PREPARE_RETRY_WAITS_S = (0.1, 0.5, 1.0, 2.0, 4.0)
 
 
 class ThreadPoolWorker(SimpleWorker):
@@ -41,17 +53,47 @@ class ThreadPoolWorker(SimpleWorker):
         the loop exits after its current dequeue wait, then drains running replies."""
         self._stop_requested = True
 
+    def heartbeat(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().heartbeat(*args, **kwargs)
+        except REDIS_DOWN as exc:
+            log.warning("worker heartbeat: Redis unavailable (%s); carrying on", type(exc).__name__)
+            return None
+
+    def check_for_suspension(self, burst: bool) -> None:
+        try:
+            super().check_for_suspension(burst)
+        except REDIS_DOWN as exc:
+            log.warning("suspension check: Redis unavailable (%s); carrying on", type(exc).__name__)
+            time.sleep(0.5)  # the dequeue that follows backs off on its own
+
+    def run_maintenance_tasks(self) -> None:
+        try:
+            super().run_maintenance_tasks()
+        except REDIS_DOWN as exc:
+            log.warning("RQ maintenance: Redis unavailable (%s); will retry", type(exc).__name__)
+
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         while not self.slots.acquire(timeout=1):
             self.heartbeat()
             if self._stop_requested:
                 return None
         try:
+            down = 0
             while True:
                 # RQ's own loop only returns on a job or an idle limit; wait in short idle rounds so
                 # a stop asked from another thread (stop_soon) is seen within one round.
-                result = super().dequeue_job_and_maintain_ttl(
-                    timeout, max_idle_time if timeout is None else (max_idle_time or self.dequeue_timeout))
+                try:
+                    result = super().dequeue_job_and_maintain_ttl(
+                        timeout, max_idle_time if timeout is None else (max_idle_time or self.dequeue_timeout))
+                except REDIS_DOWN as exc:  # RQ writes the worker's state before its own retry loop
+                    wait = PREPARE_RETRY_WAITS_S[min(down, len(PREPARE_RETRY_WAITS_S) - 1)]
+                    down += 1
+                    log.warning("dequeue: Redis unavailable (%s); retrying in %.1f s", type(exc).__name__, wait)
+                    time.sleep(wait)
+                    result = None
+                    if not self._stop_requested:
+                        continue
                 if result is not None or timeout is None or max_idle_time or self._stop_requested:
                     break
         except BaseException:
@@ -62,7 +104,23 @@ class ThreadPoolWorker(SimpleWorker):
         return result
 
     def execute_job(self, job: Any, queue: Any) -> None:
-        execution = self.prepare_execution(job)
+        attempt = 0
+        while True:
+            try:
+                execution = self.prepare_execution(job)
+                break
+            except REDIS_DOWN as exc:
+                # the job is already off the queue: keep it until Redis answers (as RQ's dequeue
+                # does), unless this worker is asked to stop
+                if self._stop_requested:
+                    log.error("job %s: stopping before its start could be recorded (%s)", job.id,
+                              type(exc).__name__)
+                    self.slots.release()
+                    return
+                wait = PREPARE_RETRY_WAITS_S[min(attempt, len(PREPARE_RETRY_WAITS_S) - 1)]
+                attempt += 1
+                log.warning("job %s: Redis unavailable (%s); retrying in %.1f s", job.id, type(exc).__name__, wait)
+                time.sleep(wait)
         with self._count_lock:
             self.in_flight += 1
         self.pool.submit(self._perform, job, queue, execution)

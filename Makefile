@@ -1,0 +1,21 @@
+# Benchmarks and the fault suite, against the real processes on loopback (docs/benchmarks.md).
+# Needs redis-server on PATH and the bench extras: .venv/bin/pip install -e '.[test,bench]'
+
+PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
+RESULTS ?= bench/results
+
+.PHONY: bench faults faults-smoke
+
+# every benchmark script in sequence; each writes its JSON to $(RESULTS)/
+bench:
+	$(PYTHON) -m bench.streaming all
+	$(PYTHON) -m bench.runpod all
+	$(PYTHON) -m bench.features all
+
+# the full fault suite (several minutes); exits non-zero if any target is missed
+faults:
+	$(PYTHON) -m bench.faults --json $(RESULTS)/faults.json
+
+# every fault check, briefly (about a minute on 2 cores; tests/test_faults_smoke.py runs it in CI)
+faults-smoke:
+	$(PYTHON) -m bench.faults --smoke --json $(RESULTS)/faults-smoke.json
