@@ -25,6 +25,8 @@ from rq.timeouts import TimerDeathPenalty
 log = logging.getLogger(__name__)
 
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+#: a plain heartbeat more often than this is skipped (the worker's key lives for minutes)
+HEARTBEAT_EVERY_S = 1.0
 #: waits between attempts to record a dequeued job's start while Redis is unreachable
 PREPARE_RETRY_WAITS_S = (0.1, 0.5, 1.0, 2.0, 4.0)
 
@@ -35,6 +37,7 @@ class ThreadPoolWorker(SimpleWorker):
     def __init__(self, *args: Any, concurrency: int = 100, install_signals: bool = True,
                  drain_timeout_s: float = 25.0, **kwargs: Any) -> None:
         kwargs.setdefault("worker_ttl", 20)  # dequeue blocks ~5 s, so Stop is noticed quickly
+        self._last_beat = 0.0
         super().__init__(*args, **kwargs)
         self.concurrency = concurrency
         self.slots = threading.BoundedSemaphore(concurrency)
@@ -53,9 +56,15 @@ class ThreadPoolWorker(SimpleWorker):
         the loop exits after its current dequeue wait, then drains running replies."""
         self._stop_requested = True
 
-    def heartbeat(self, *args: Any, **kwargs: Any) -> Any:
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> Any:
+        # RQ beats after every dequeue: three round trips per job at our rates. A plain beat
+        # (no new timeout, no pipeline) within a second of the last one changes nothing.
+        if timeout is None and pipeline is None and time.monotonic() - self._last_beat < HEARTBEAT_EVERY_S:
+            return None
         try:
-            return super().heartbeat(*args, **kwargs)
+            result = super().heartbeat(timeout, pipeline)
+            self._last_beat = time.monotonic()
+            return result
         except REDIS_DOWN as exc:
             log.warning("worker heartbeat: Redis unavailable (%s); carrying on", type(exc).__name__)
             return None
