@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 import requests
 
-DEFAULT_URL = "http://127.0.0.1:5000"
+DEFAULT_URL = "http://127.0.0.1:8000"  
 DEFAULT_TIMEOUT_S = 30.0
 
 
