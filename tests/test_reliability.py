@@ -136,17 +136,22 @@ def test_attempts_exhausted_fails_with_worker_lost(rext):
     assert record(rext, acc.message_id)["state"] == "failed"
 
 
+def assert_recovered_by_a_new_worker(rext, mid: str) -> None:
+    """A fresh worker's reaper notices the lost job and the reply completes with its full text."""
+    w = InThreadWorker(rext)
+    try:
+        final = rext.relay.wait(mid, 15)  # queue grace (2 s) + reaper
+    finally:
+        w.stop()
+    assert final and final["type"] == "done" and record(rext, mid)["content"] == TEXT
+
+
 def test_lost_queued_job_is_enqueued_again(rext, worker):
     worker.stop()  # stop consuming so we can lose the job
     _, acc = queued_reply(rext)
     rext.redis.delete(f"rq:queue:{rext.config['QUEUE_NAME']}")
     rext.redis.delete(f"rq:job:{rext.queue.first_job_id(acc.message_id)}")
-    w = InThreadWorker(rext)
-    try:
-        final = rext.relay.wait(acc.message_id, 15)  # queue grace (2 s) + reaper
-    finally:
-        w.stop()
-    assert final and final["type"] == "done" and record(rext, acc.message_id)["content"] == TEXT
+    assert_recovered_by_a_new_worker(rext, acc.message_id)
 
 
 def test_job_popped_by_a_worker_that_died_is_enqueued_again(rext, worker):
@@ -157,12 +162,7 @@ def test_job_popped_by_a_worker_that_died_is_enqueued_again(rext, worker):
     popped = rext.clients.raw.blpop([q.key for q in (rext.queue.queue, rext.queue.batch_queue)], 1)
     assert popped and popped[1].decode() == rext.queue.first_job_id(acc.message_id)
     assert rext.queue.job_status(rext.queue.first_job_id(acc.message_id)) == "queued"
-    w = InThreadWorker(rext)
-    try:
-        final = rext.relay.wait(acc.message_id, 15)  # queue grace (2 s) + reaper
-    finally:
-        w.stop()
-    assert final and final["type"] == "done" and record(rext, acc.message_id)["content"] == TEXT
+    assert_recovered_by_a_new_worker(rext, acc.message_id)
 
 
 def test_cancel_between_attempts_ends_it(rext):
