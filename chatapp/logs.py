@@ -43,6 +43,10 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, name, None)
             if value:
                 out[name] = value
+        # measurements passed as ``extra={"data": {...}}`` (numbers and ids, never text)
+        data = getattr(record, "data", None)
+        if isinstance(data, dict):
+            out.update({k: v for k, v in data.items() if k not in out})
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False)

@@ -48,3 +48,31 @@ def test_worker_records_carry_the_reply_id():
         reply_context.reset(token)
     line = json.loads(stream.getvalue())
     assert line["message_id"] == "m_abc" and line["level"] == "warning" and line["ts"].endswith("Z")
+
+
+def test_each_reply_run_logs_its_provider_latency_without_text(app_config):
+    from tests.conftest import app_with_worker
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(ContextFilter())
+    handler.setFormatter(JsonFormatter())
+    jobs_log = logging.getLogger("workers.jobs")
+    jobs_log.addHandler(handler)
+    old_level = jobs_log.level
+    jobs_log.setLevel(logging.INFO)
+    try:
+        with app_with_worker(app_config) as (_app, ext):
+            user = ext.users.create("logger")[0]
+            acc = ext.chat.send(user, conversation_id=None, content="a very private question")
+            ext.relay.wait(acc.message_id, 10)
+    finally:
+        jobs_log.removeHandler(handler)
+        jobs_log.setLevel(old_level)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    done = [line for line in lines if line.get("outcome") == "done"]
+    assert done, lines
+    line = done[0]
+    assert line["message_id"] == acc.message_id and line["conversation_id"] == acc.conversation_id
+    assert line["provider"] == "echo" and line["provider_latency_ms"] >= 0 and line["output_tokens"] > 0
+    assert "private" not in stream.getvalue()

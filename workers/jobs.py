@@ -130,7 +130,23 @@ class ReplyRun:
             log.exception("price_generation failed for %s; recording no cost", self.mid)
         if not self.ext.replies.finish(self.mid, self.token, result):
             return "fenced"
+        log_finished(result, request)
         return result.state  # after_generation runs from the finished-replies outbox (finisher.py)
+
+
+def log_finished(result: GenerationResult, request: ChatRequest) -> None:
+    """One INFO line per reply run with the provider's latency, for log-based dashboards."""
+    def ms(start: float | None, end: float | None) -> int | None:
+        return int((end - start) * 1000) if start and end else None
+
+    log.info("reply %s %s via %s/%s", result.message_id, result.state, result.provider, result.model,
+             extra={"data": {"outcome": result.state, "provider": result.provider, "model": result.model,
+                             "attempt": result.attempt, "conversation_id": request.conversation_id,
+                             "provider_ttft_ms": ms(result.started_at, result.first_token_at),
+                             "provider_latency_ms": ms(result.started_at, result.finished_at),
+                             "input_tokens": result.usage.input_tokens, "output_tokens": result.usage.output_tokens,
+                             "cost_micros": result.cost.micros if result.cost else 0,
+                             "error_code": (result.error or {}).get("code")}})
 
 
 def parts_of(request: ChatRequest) -> list[tuple[Step | None, ChatRequest]]:
