@@ -4,13 +4,18 @@
 PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 RESULTS ?= bench/results
 
-.PHONY: bench faults faults-smoke
+.PHONY: bench plots faults faults-smoke
 
 # every benchmark script in sequence; each writes its JSON to $(RESULTS)/
 bench:
 	$(PYTHON) -m bench.streaming all
 	$(PYTHON) -m bench.runpod all
 	$(PYTHON) -m bench.features all
+	$(MAKE) plots
+
+# PNGs of the raw samples in $(RESULTS)/ (a plot whose JSON is missing is skipped)
+plots:
+	$(PYTHON) -m bench.plots --results $(RESULTS) --out docs/benchmarks
 
 # the full fault suite (several minutes); exits non-zero if any target is missed
 faults:

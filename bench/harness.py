@@ -40,6 +40,15 @@ def summary(values: list[float]) -> dict[str, float]:
             "mean": statistics.fmean(values) if values else float("nan")}
 
 
+def capped(values: list[float], limit: int = 20_000, digits: int = 4) -> list[float]:
+    """Raw samples for the JSON (bench/plots.py draws them): at most ``limit``, evenly spaced over
+    the run in the order they were taken, rounded so the files stay small."""
+    if len(values) > limit:
+        step = len(values) / limit
+        values = [values[int(i * step)] for i in range(limit)]
+    return [round(v, digits) for v in values]
+
+
 def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
             "processor": platform.processor() or platform.machine()}

@@ -17,7 +17,7 @@ import redis
 import requests
 from rq import Queue
 
-from bench.harness import BIN, ROOT, Stack, run_cli, summary
+from bench.harness import BIN, ROOT, Stack, capped, run_cli, summary
 
 #: an instant provider, no cache: what is measured is the pipeline, not generation
 INSTANT = {"CHATAPP_DEFAULT_PROVIDER": "echo", "CHATAPP_BUNDLED_EMULATOR": "false", "CHATAPP_CACHE_ENABLED": "false"}
@@ -168,6 +168,8 @@ def bench_history(n: int = 400) -> dict[str, Any]:
             print(f"{name:>20}: p50 {out[name]['p50']:.2f} ms  p99 {out[name]['p99']:.2f} ms")
         print(f"ratio 100k/100 (p50): first page {out['ratio_p50']:.2f}, later page {out['ratio_later_page_p50']:.2f}"
               " (target <= 1.5)")
+        out["samples"] = {"100_first_page_ms": capped(small), "100k_first_page_ms": capped(big),
+                          "100k_later_page_ms": capped(big_deep)}
         return out
     finally:
         stack.close()

@@ -19,7 +19,7 @@ from typing import Any
 import redis
 from websockets.asyncio.client import connect
 
-from bench.harness import Stack, run_cli, summary
+from bench.harness import Stack, capped, run_cli, summary
 
 TIMED = {"CHATAPP_PLUGINS": "bench.timed_provider", "CHATAPP_DEFAULT_PROVIDER": "timed"}
 
@@ -31,8 +31,10 @@ async def stream_one(ws_url: str, key: str, chunks: int, latencies: list[float],
                        open_timeout=60) as ws:
         if start is not None:
             await start.wait()
+        # cache skip: every send asks the same question, and a cache hit would replay an earlier
+        # reply's emit times instead of streaming (as bench.runpod does)
         await ws.send(json.dumps({"type": "send", "conversation_id": None, "content": "bench",
-                                  "params": {"max_tokens": chunks}}))
+                                  "params": {"max_tokens": chunks, "cache": "skip"}}))
         mid = None
         while True:
             frame = json.loads(await ws.recv())
@@ -107,7 +109,8 @@ def bench_latency(levels: tuple[int, ...] = (1, 100), chunks: int = 50, interval
             pipeline, floor = summary(latencies), summary(base)
             out[f"streams_{n}"] = {"pipeline_ms": pipeline, "redis_hop_ms": floor,
                                    "ratio_p50": pipeline["p50"] / floor["p50"] if floor["p50"] else None,
-                                   "replies_done": results.count("done"), "replies": n}
+                                   "replies_done": results.count("done"), "replies": n,
+                                   "samples": {"pipeline_ms": capped(latencies), "redis_hop_ms": capped(base)}}
             print(f"latency @ {n:>3} streams: pipeline p50 {pipeline['p50']:.2f} ms p99 {pipeline['p99']:.2f} ms "
                   f"| bare Redis hop p50 {floor['p50']:.2f} ms p99 {floor['p99']:.2f} ms "
                   f"| {results.count('done')}/{n} replies done")
@@ -206,7 +209,8 @@ def bench_capacity(levels: tuple[int, ...] = (100, 200), chunks: int = 100, inte
             lat = summary(latencies)
             out[f"generations_{n}"] = {"peak_concurrent_generating": peak["generating"], "worker_rss_mb": peak["rss"],
                                        "wall_s": wall, "ideal_s": chunks * interval, "chunk_latency_ms": lat,
-                                       "replies_done": results.count("done")}
+                                       "replies_done": results.count("done"),
+                                       "samples": {"chunk_latency_ms": capped(latencies)}}
             print(f"capacity @ {n:>3}: peak {peak['generating']} generating at once in one worker process, "
                   f"{results.count('done')}/{n} done in {wall:.1f} s (one reply alone: {chunks * interval:.1f} s), "
                   f"chunk latency p50 {lat['p50']:.1f} ms p99 {lat['p99']:.1f} ms, worker RSS {peak['rss']:.0f} MB")

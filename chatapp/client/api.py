@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 import requests
 
-DEFAULT_URL = "http://127.0.0.1:8000"  
+DEFAULT_URL = "http://127.0.0.1:8000"  # where python -m chatapp and the Procfile listen by default
 DEFAULT_TIMEOUT_S = 30.0
 
 
