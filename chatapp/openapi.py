@@ -29,6 +29,8 @@ CONVERTER_SCHEMAS: dict[str, dict[str, Any]] = {
 
 #: query parameters the routes document (DESIGN.md section 5); keyed by path with "{}" for parameters
 _LIMIT = {"name": "limit", "schema": {"type": "integer", "minimum": 1}, "description": "Page size."}
+_DAYS = {"name": "days", "schema": {"type": "integer", "minimum": 1, "maximum": 366},
+         "description": "Days back (default 30)."}
 QUERY_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
     ("/api/v1/conversations", "get"): [
         _LIMIT, {"name": "cursor", "schema": {"type": "string"}, "description": "next_cursor of the previous page."},
@@ -39,9 +41,19 @@ QUERY_PARAMETERS: dict[tuple[str, str], list[dict[str, Any]]] = {
         {"name": "wait", "schema": {"type": "boolean"}, "description": "Answer 200 with the finished reply."}],
     ("/api/v1/conversations/{}/export", "get"): [
         {"name": "format", "schema": {"type": "string", "enum": ["json", "md", "csv"]}}],
-    ("/api/v1/usage", "get"): [
-        {"name": "days", "schema": {"type": "integer", "minimum": 1}, "description": "Days back (default 30)."},
-        {"name": "format", "schema": {"type": "string", "enum": ["json", "csv"]}}],
+    ("/api/v1/usage", "get"): [_DAYS, {"name": "format", "schema": {"type": "string", "enum": ["json", "csv"]}}],
+    ("/api/v1/admin/usage", "get"): [_DAYS],
+    ("/api/v1/admin/usage/messages.csv", "get"): [_DAYS],
+}
+
+#: routes whose success is not (only) JSON: downloads and the Prometheus exposition
+_TEXT = {"type": "string"}
+SUCCESS_CONTENT: dict[tuple[str, str], dict[str, Any]] = {
+    ("/api/v1/conversations/{}/export", "get"): {
+        "application/json": {"schema": {}}, "text/markdown": {"schema": _TEXT}, "text/csv": {"schema": _TEXT}},
+    ("/api/v1/usage", "get"): {"application/json": {"schema": {}}, "text/csv": {"schema": _TEXT}},
+    ("/api/v1/admin/usage/messages.csv", "get"): {"text/csv": {"schema": _TEXT}},
+    ("/metrics", "get"): {"text/plain": {"schema": _TEXT}},
 }
 
 ERROR_SCHEMA: dict[str, Any] = {
@@ -89,13 +101,15 @@ def _operation(app: Flask, rule: Rule, method: str, path_params: list[dict[str, 
     doc = inspect.getdoc(inspect.unwrap(view)) or ""
     blueprint = rule.endpoint.split(".")[0] if "." in rule.endpoint else "app"
     authed = blueprint not in OPEN_BLUEPRINTS
+    key = (_PARAM.sub("{}", rule.rule), method)
+    success = SUCCESS_CONTENT.get(key, {"application/json": {"schema": {}}})
     op: dict[str, Any] = {
         "operationId": f"{rule.endpoint}.{method}" if len(_methods(rule)) > 1 else rule.endpoint,
         "summary": doc.splitlines()[0] if doc else rule.endpoint.rsplit(".", 1)[-1].replace("_", " "),
         "tags": [blueprint],
         "responses": {
             ("204" if method == "delete" else "2XX"): {"description": "Success."} if method == "delete" else {
-                "description": "Success.", "content": {"application/json": {"schema": {}}}},
+                "description": "Success.", "content": success},
             "4XX": {"description": "Invalid request, unknown id, limits (canonical error body).",
                     "content": {"application/json": {"schema": ERROR}}},
             "5XX": {"description": "Redis or provider unavailable (canonical error body).",
@@ -110,7 +124,7 @@ def _operation(app: Flask, rule: Rule, method: str, path_params: list[dict[str, 
     else:
         # /metrics may require its own token (CHATAPP_METRICS_TOKEN); the rest need none
         op["security"] = [{}, {"bearer": []}] if rule.rule == "/metrics" else []
-    query = QUERY_PARAMETERS.get((_PARAM.sub("{}", rule.rule), method), [])
+    query = [_with_config_bounds(app, q) for q in QUERY_PARAMETERS.get(key, [])]
     if path_params or query:
         op["parameters"] = [*path_params, *({"in": "query", **q} for q in query)]
     schema = body_schema(view) if method in BODY_METHODS else None
@@ -120,6 +134,13 @@ def _operation(app: Flask, rule: Rule, method: str, path_params: list[dict[str, 
         required = any(f.required for f in schema().fields.values())
         op["requestBody"] = {"required": required, "content": {"application/json": {"schema": schema}}}
     return op
+
+
+def _with_config_bounds(app: Flask, param: dict[str, Any]) -> dict[str, Any]:
+    """``limit`` is bounded by this app's MAX_PAGE_SIZE (beyond it: 400 invalid_limit)."""
+    if param["name"] != "limit":
+        return param
+    return {**param, "schema": {**param["schema"], "maximum": int(app.config["MAX_PAGE_SIZE"])}}
 
 
 def _methods(rule: Rule) -> list[str]:

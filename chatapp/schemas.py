@@ -1,6 +1,8 @@
 """Request validation at the edge (marshmallow). Unknown fields are rejected everywhere."""
 from __future__ import annotations
 
+import json
+import re
 from typing import Any, Mapping
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
@@ -78,7 +80,8 @@ class SendFrame(Base):
 class SubscribeFrame(Base):
     type = fields.String(required=True)
     message_id = fields.String(required=True, validate=validate.Length(min=1, max=100))
-    after_seq = fields.Integer(strict=True, load_default=0, validate=validate.Range(min=0))
+    # bounded: beyond 2**64-1 it is no Redis stream id, and the relay's replay would fail forever
+    after_seq = fields.Integer(strict=True, load_default=0, validate=validate.Range(min=0, max=2**63 - 1))
 
 
 class CancelFrame(Base):
@@ -104,6 +107,40 @@ def load(schema: Schema, data: Any) -> dict[str, Any]:
     except ValidationError as exc:
         raise InvalidRequest("Some fields are not valid; see details.", code="validation_error",
                              details={"fields": exc.messages}) from exc
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def parse_json(raw: str | bytes, what: str = "The body") -> Any:
+    """Parse JSON text from a client; a 400 ``invalid_json`` for anything that is not JSON text
+    (invalid UTF-8, nesting too deep to parse) or that holds a lone surrogate escape such as
+    ``"\\ud800"``: Python decodes that to a string no UTF-8 encoder (Redis, logs, hashes) accepts."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise InvalidRequest(f"{what} is not valid JSON.", code="invalid_json") from None
+    # only an escape can make one (in any encoding json.loads detects, "\\" holds the byte 0x5C)
+    if ("\\" in raw if isinstance(raw, str) else b"\\" in raw) and _has_lone_surrogate(data):
+        raise InvalidRequest(f"{what} holds a lone UTF-16 surrogate escape (such as \\ud800), which is not "
+                             "Unicode text; escape characters beyond U+FFFF as a pair, or send them as UTF-8.",
+                             code="invalid_json")
+    return data
+
+
+def _has_lone_surrogate(data: Any) -> bool:
+    stack = [data]  # no recursion: the document may be nested as deep as the parser allows
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def check_content(content: str, max_bytes: int, field: str = "content") -> str:

@@ -19,7 +19,7 @@ from chatapp import metrics
 from chatapp.auth import User
 from chatapp.errors import ChatAppError, InvalidRequest, NotFound, TooLarge, Unavailable
 from chatapp.relay import Subscription
-from chatapp.schemas import FRAME_SCHEMAS, load
+from chatapp.schemas import FRAME_SCHEMAS, load, parse_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from chatapp.extension import ChatApp
@@ -138,14 +138,12 @@ class SocketSession:
             if len(raw) > limit // 4 and len(raw.encode("utf-8")) > limit:
                 raise TooLarge(f"Frames may be at most {limit} bytes.", code="frame_too_large",
                                details={"limit_bytes": limit})
-            try:
-                data = json.loads(raw)
-            except ValueError:
-                raise InvalidRequest("The frame is not valid JSON.", code="invalid_json") from None
+            data = parse_json(raw, "The frame")
             if not isinstance(data, dict):
                 raise InvalidRequest("Send a JSON object with a 'type'.", code="invalid_frame")
             frame_ref = data
-            schema = FRAME_SCHEMAS.get(data.get("type"))  # type: ignore[arg-type]
+            kind = data.get("type")
+            schema = FRAME_SCHEMAS.get(kind) if isinstance(kind, str) else None
             if schema is None:
                 raise InvalidRequest(f"Unknown frame type; use one of {sorted(FRAME_SCHEMAS)}.",
                                      code="unknown_frame_type")
@@ -155,6 +153,8 @@ class SocketSession:
             self._send_error(err, frame_ref)
         except redis.RedisError:
             self._send_error(Unavailable(), frame_ref)
+        except ConnectionClosed:
+            raise  # the client went away while we answered: run() ends the session quietly
         except Exception:
             log.exception("websocket frame failed")
             self._send_error(ChatAppError(), frame_ref)

@@ -139,6 +139,11 @@ def test_one_shot_system_prompt_reaches_the_provider(client, user_key, worker, e
     (json.dumps({"content": "x", "params": {"temperature": "hot"}}), 400, "validation_error"),
     (json.dumps({"content": "x", "params": {"max_tokens": 10**6}}), 400, "validation_error"),
     (json.dumps({"content": "x", "params": {"cache": "maybe"}}), 400, "validation_error"),
+    # found by tests/test_fuzz.py: a lone surrogate escape decodes to text no UTF-8 encoder takes (was a 500)
+    ('{"content": "hi \\ud800"}', 400, "invalid_json"),
+    ('{"content": "hi", "client_message_id": "x", "params": {"\\udfff": 1}}', 400, "invalid_json"),
+    ("[" * 100_000 + "]" * 100_000, 400, "invalid_json"),  # nested too deep to parse (was a 500)
+    (b'{"content": "\xff"}', 400, "invalid_json"),  # not UTF-8
 ])
 def test_bad_input_gets_clear_error_and_writes_nothing(client, user_key, body, status, code):
     conv = create_conv(client, user_key)

@@ -115,6 +115,13 @@ def test_cancel_frame_stops_generation_and_keeps_partial(live_server, user_key, 
     ('{"type": "subscribe", "message_id": "m_nope", "after_seq": 0}', "message_not_found"),
     ('{"type": "cancel", "message_id": "m_nope"}', "message_not_found"),
     ('{"type": "send", "conversation_id": "c_nope", "content": "hi"}', "conversation_not_found"),
+    # found by tests/test_fuzz.py (each was an internal_error with a logged traceback, or a relay
+    # replay that failed on every sweep)
+    ('{"type": ["send"]}', "unknown_frame_type"),
+    ('{"type": {"a": 1}}', "unknown_frame_type"),
+    ('{"type": "send", "conversation_id": null, "content": "\\ud800"}', "invalid_json"),
+    ("[" * 5000 + "]" * 5000, "invalid_json"),
+    ('{"type": "subscribe", "message_id": "m_x", "after_seq": 18446744073709551616}', "validation_error"),
 ])
 def test_bad_frames_get_error_and_socket_stays_open(live_server, user_key, raw, code):
     ws = open_ws(live_server, user_key)

@@ -9,6 +9,7 @@ from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from chatapp.errors import ChatAppError, InvalidRequest, TooLarge, Unavailable
+from chatapp.schemas import parse_json
 
 log = logging.getLogger("chatapp.api")
 
@@ -31,11 +32,10 @@ def json_body() -> dict[str, Any]:
     limit = current_app.config.get("MAX_CONTENT_LENGTH")
     if limit and (request.content_length or 0) > limit:
         raise TooLarge(f"The request body is larger than {limit} bytes.", details={"limit_bytes": limit})
-    if not request.get_data(cache=True):
+    raw = request.get_data(cache=True)
+    if not raw:
         return {}
-    data = request.get_json(force=True, silent=True)  # curl -d sends no JSON content type
-    if data is None:
-        raise InvalidRequest("The body is not valid JSON.", code="invalid_json")
+    data = parse_json(raw)  # whatever the content type: curl -d sends no JSON content type
     if not isinstance(data, dict):
         raise InvalidRequest("Send a JSON object.", code="invalid_json")
     return data
