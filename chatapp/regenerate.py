@@ -24,6 +24,16 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 
+def not_last(last_mid: str) -> Conflict:
+    return Conflict("That reply is no longer the last one; regenerate the current last reply.",
+                    code="not_last_reply", details={"last_message_id": last_mid})
+
+
+def in_progress(mid: str) -> Conflict:
+    return Conflict("The last reply is still being generated; stop it or wait for it to finish.",
+                    code="reply_in_progress", details={"message_id": mid})
+
+
 def regenerate(ext: "ChatApp", user: User, cid: str, expect_mid: str | None = None,
                params: dict[str, Any] | None = None) -> Accepted:
     """Start a new version of the last reply in ``cid``; ``expect_mid`` (optional) is the reply
@@ -40,6 +50,12 @@ def regenerate(ext: "ChatApp", user: User, cid: str, expect_mid: str | None = No
             raise NotFound("No such message.", code="message_not_found")
         raise Conflict("This conversation has no reply to regenerate yet.", code="nothing_to_regenerate")
 
+    # the script checks these atomically; checking first as well keeps an obvious refusal from
+    # running before_generation (a budget hold would wait for its TTL)
+    if last and last[0] != old_mid:
+        raise not_last(last[0])
+    if old.get("state") in ("queued", "generating"):
+        raise in_progress(old_mid)
     persona = conversation_persona(ext, conv)
     provider = ext.catalog.provider(conv.get("provider") or None)
     merged = {**(persona.params if persona else {}), **json.loads(conv.get("params") or "{}"), **params}
@@ -62,11 +78,9 @@ def regenerate(ext: "ChatApp", user: User, cid: str, expect_mid: str | None = No
     if out[0] == "no_reply":
         raise Conflict("This conversation has no reply to regenerate yet.", code="nothing_to_regenerate")
     if out[0] == "not_last":
-        raise Conflict("That reply is no longer the last one; regenerate the current last reply.",
-                       code="not_last_reply", details={"last_message_id": out[1]})
+        raise not_last(out[1])
     if out[0] == "in_progress":
-        raise Conflict("The last reply is still being generated; stop it or wait for it to finish.",
-                       code="reply_in_progress", details={"message_id": out[1]})
+        raise in_progress(out[1])
     if out[0] == "too_many":
         raise RateLimited(f"You have {config['MAX_ACTIVE_GENERATIONS']} replies in progress; wait for one "
                           "to finish (or stop one) and try again.", code="too_many_generations", retry_after=2)

@@ -88,8 +88,17 @@ def test_regenerate_while_generating_is_409(app_config):
         client = application.test_client()
         cid = create_conv(client, key)["id"]
         sent = send(client, key, cid, "a b c d e f").json  # no worker: stays queued
+        asked = []
+
+        class Watcher:
+            @hookimpl
+            def before_generation(self, request):
+                asked.append(request.message_id)
+
+        ext.pm.register(Watcher())
         r = regenerate(client, key, cid)
         assert_error(r, 409, "reply_in_progress")["details"]["message_id"] == sent["message_id"]
+        assert asked == []  # refused before any plugin reserved budget for it
         client.post(f"/api/v1/conversations/{cid}/messages/{sent['message_id']}/cancel", headers=auth(key))
         r = regenerate(client, key, cid)  # a stopped reply can be regenerated
         assert r.status_code == 202, r.json
