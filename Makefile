@@ -11,6 +11,7 @@ bench:
 	$(PYTHON) -m bench.streaming all
 	$(PYTHON) -m bench.runpod all
 	$(PYTHON) -m bench.features all
+	$(PYTHON) -m bench.pipeline all
 	$(MAKE) plots
 
 # PNGs of the raw samples in $(RESULTS)/ (a plot whose JSON is missing is skipped)
