@@ -227,28 +227,41 @@ def plot_ttft(results: str, out: str) -> str | None:
     return save(fig, out, "ttft.png")
 
 
+def request_latency_cdf(data: dict[str, Any], samples: dict[str, list[float]], series: tuple, title: str,
+                        source: str, name: str, out: str, target_ms: float | None = None) -> str:
+    """One CDF figure of client-side request latencies: ``series`` is (key, label, dashed) per curve."""
+    fig, ax = plt.subplots(figsize=(9, 5.6))
+    for i, (key, label, dashed) in enumerate(series):
+        if key in samples:
+            cdf(ax, samples[key], f"{label} ({stats(samples[key])})", color=COLORS[i], lw=1.6,
+                ls="--" if dashed else "-")
+    log_ms(ax)
+    ax.set_ylim(0, 1.0)
+    ax.set_xlabel("request latency, client-side on loopback (ms, log scale)")
+    ax.set_ylabel("fraction of requests at or below")
+    ax.set_title(title)
+    quantile_guides(ax)
+    if target_ms is not None:
+        target_line(ax, target_ms, f"target p50 ≤ {target_ms:g} ms")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=1, frameon=False)
+    ax.grid(True, which="major", alpha=0.3)
+    footer(fig, (data, source))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return save(fig, out, name)
+
+
 def plot_history(results: str, out: str) -> str | None:
     data = load(results, "pipeline", "history", lambda e: e["samples"]["100_first_page_ms"] is not None)
     if data is None:
         skip("history-latency.png", "bench.pipeline history")
         return None
-    samples = data["history"]["samples"]
-    fig, ax = plt.subplots(figsize=(9, 5.6))
-    for i, (key, label) in enumerate((("100_first_page_ms", "100 conversations, first page"),
-                                      ("100k_first_page_ms", "100,000 conversations, first page"),
-                                      ("100k_later_page_ms", "100,000 conversations, 5th page (cursor)"))):
-        cdf(ax, samples[key], f"{label} ({stats(samples[key])})", color=COLORS[i], lw=1.6)
-    log_ms(ax)
-    ax.set_ylim(0, 1.0)
-    ax.set_xlabel("request latency, client-side on loopback (ms, log scale)")
-    ax.set_ylabel("fraction of requests at or below")
-    ax.set_title("GET /api/v1/conversations?limit=20: 100 vs 100,000 stored conversations")
-    quantile_guides(ax)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=1, frameon=False)
-    ax.grid(True, which="major", alpha=0.3)
-    footer(fig, (data, "bench.pipeline history (interleaved requests)"))
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    return save(fig, out, "history-latency.png")
+    return request_latency_cdf(
+        data, data["history"]["samples"],
+        (("100_first_page_ms", "100 conversations, first page", False),
+         ("100k_first_page_ms", "100,000 conversations, first page", False),
+         ("100k_later_page_ms", "100,000 conversations, 5th page (cursor)", False)),
+        "GET /api/v1/conversations?limit=20: 100 vs 100,000 stored conversations",
+        "bench.pipeline history (interleaved requests)", "history-latency.png", out)
 
 
 def plot_cache(results: str, out: str) -> str | None:
@@ -256,27 +269,14 @@ def plot_cache(results: str, out: str) -> str | None:
     if data is None:
         skip("cache-latency.png", "bench.features cache")
         return None
-    samples = data["cache"]["samples"]
-    fig, ax = plt.subplots(figsize=(9, 5.6))
-    for i, (key, label) in enumerate((("healthz_baseline_ms", "GET /healthz (baseline)"),
-                                      ("chat_hit_ms", "POST /api/v1/chat (hit)"),
-                                      ("wait_true_hit_ms", "POST …/messages?wait=true (hit)"),
-                                      ("websocket_hit_ms", "websocket send → done (hit)"))):
-        if key in samples:
-            cdf(ax, samples[key], f"{label} ({stats(samples[key])})", color=COLORS[i], lw=1.6,
-                ls="--" if key.startswith("healthz") else "-")
-    log_ms(ax)
-    ax.set_ylim(0, 1.0)
-    ax.set_xlabel("request latency, client-side on loopback (ms, log scale)")
-    ax.set_ylabel("fraction of requests at or below")
-    ax.set_title("Cache hits with no worker running: REST vs websocket vs /healthz")
-    quantile_guides(ax)
-    target_line(ax, 5, "target p50 ≤ 5 ms")
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=1, frameon=False)
-    ax.grid(True, which="major", alpha=0.3)
-    footer(fig, (data, "bench.features cache"))
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    return save(fig, out, "cache-latency.png")
+    return request_latency_cdf(
+        data, data["cache"]["samples"],
+        (("healthz_baseline_ms", "GET /healthz (baseline)", True),
+         ("chat_hit_ms", "POST /api/v1/chat (hit)", False),
+         ("wait_true_hit_ms", "POST …/messages?wait=true (hit)", False),
+         ("websocket_hit_ms", "websocket send → done (hit)", False)),
+        "Cache hits with no worker running: REST vs websocket vs /healthz", "bench.features cache",
+        "cache-latency.png", out, target_ms=5)
 
 
 PLOTS = (plot_chunk_latency, plot_ttft, plot_history, plot_cache)
