@@ -45,6 +45,11 @@ def _fields(mapping: dict[str, Any]) -> list[str]:
     return out
 
 
+def reply_params(persona: Persona | None, conv: dict[str, str], params: dict[str, Any]) -> dict[str, Any]:
+    """Sampling params for a reply: the persona's, then the conversation's, then this request's."""
+    return {**(persona.params if persona else {}), **json.loads(conv.get("params") or "{}"), **params}
+
+
 def queued_reply_fields(request: ChatRequest, reply_to: str, job_id: str, created_at: int) -> list[str]:
     """The stored record of a new, queued reply answering ``request`` (for the send and
     regenerate scripts' HSET)."""
@@ -169,7 +174,7 @@ class ChatService:
             conv = {k: str(v) for k, v in new_conv.items()}
         persona_obj = conversation_persona(ext, conv)
         provider = ext.catalog.provider(conv.get("provider") or None)
-        merged = {**(persona_obj.params if persona_obj else {}), **json.loads(conv.get("params") or "{}"), **params}
+        merged = reply_params(persona_obj, conv, params)
         cache_mode = merged.pop("cache", "use")
         user_mid, reply_mid = new_id("m"), new_id("m")
         request = render_request(ext, conv, reply_mid, user.id, user.name, None, content, provider.id,

@@ -12,7 +12,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from chatapp.auth import User
-from chatapp.chat import Accepted, conversation_persona, queued_reply_fields, render_request
+from chatapp.chat import Accepted, conversation_persona, queued_reply_fields, render_request, reply_params
 from chatapp.errors import Conflict, NotFound, RateLimited
 from chatapp.ids import new_id, now_ms
 from chatapp.limits import check_rate
@@ -58,7 +58,7 @@ def regenerate(ext: "ChatApp", user: User, cid: str, expect_mid: str | None = No
         raise in_progress(old_mid)
     persona = conversation_persona(ext, conv)
     provider = ext.catalog.provider(conv.get("provider") or None)
-    merged = {**(persona.params if persona else {}), **json.loads(conv.get("params") or "{}"), **params}
+    merged = reply_params(persona, conv, params)
     # "use" would hand back the very reply being replaced; refresh stores the new one instead
     cache_mode = merged.pop("cache", "refresh")
     cache_mode = "refresh" if cache_mode == "use" else cache_mode
