@@ -16,6 +16,7 @@ from typing import Any
 import redis
 import requests
 from rq import Queue
+from rq.suspension import resume, suspend
 
 from bench.harness import BIN, ROOT, Stack, capped, run_cli, summary
 
@@ -37,22 +38,43 @@ def _wait_until(check: Any, timeout: float) -> float:
     raise TimeoutError("benchmark did not finish in time")
 
 
-def _bare_rq_rate(stack: Stack, n: int) -> float:
-    """No-op jobs/s on the same worker process and queue the replies use (enqueued in bulk)."""
+def _bare_rq_rate(stack: Stack, n: int, backlog: bool = False) -> float:
+    """No-op jobs/s on the same worker process and queue the replies use (enqueued in bulk).
+    ``backlog``: enqueued while the worker is suspended, timed from when it starts taking them."""
     raw = redis.Redis.from_url(stack.redis_url)  # RQ stores pickles: no decode_responses
     queue = Queue("chat", connection=raw)
     registry = queue.finished_job_registry
     before = registry.count
+    if backlog:
+        suspend(raw)
     t0 = time.monotonic()
     with raw.pipeline() as pipe:
         queue.enqueue_many([Queue.prepare_data("bench.pipeline.noop", result_ttl=600) for _ in range(n)], pipeline=pipe)
         pipe.execute()
+    counted = n
+    if backlog:
+        t0, counted = _resume_and_time_start(raw, queue.key)
     done = _wait_until(lambda: registry.count - before >= n, 120)
-    return n / (done - t0)
+    return counted / (done - t0)
 
 
-def _pipeline_rate(stack: Stack, n: int, clients: int) -> float:
-    """Short turns/s: ``n`` sends from ``clients`` concurrent REST clients, until every reply is done."""
+def _resume_and_time_start(raw: redis.Redis, queue_key: str) -> tuple[float, int]:
+    """Resume the suspended worker; returns when it took the first waiting job, and how many were
+    waiting. (A worker already blocked in its dequeue when suspended takes one job before it
+    notices: that one is not counted.)"""
+    waiting = raw.llen(queue_key)
+    resume(raw)
+    deadline = time.monotonic() + 30
+    while raw.llen(queue_key) >= waiting:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the worker did not resume")
+        time.sleep(0.001)
+    return time.monotonic(), waiting
+
+
+def _send_turns(stack: Stack, n: int, clients: int) -> list[str]:
+    """``n`` sends from ``clients`` concurrent REST clients, each into its own conversation;
+    returns the reply ids."""
     headers = {"Authorization": f"Bearer {stack.key}"}
     session = requests.Session()
     convs = [session.post(f"{stack.url}/api/v1/conversations", json={}, headers=headers, timeout=10).json()["id"]
@@ -69,22 +91,40 @@ def _pipeline_rate(stack: Stack, n: int, clients: int) -> float:
             mids.append(r.json()["message_id"])
         return mids
 
-    t0 = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-        mids = [m for batch in pool.map(drive, convs) for m in batch]
+        return [m for batch in pool.map(drive, convs) for m in batch]
+
+
+def _all_finished(stack: Stack, mids: list[str]) -> Any:
+    """A check that every reply is ``done`` and its ``after_generation`` has run (the outbox is
+    empty): a reply counts once all of its work is over, not when its text is."""
     pending = set(mids)
 
-    def all_done() -> bool:
+    def check() -> bool:
         # only the replies not seen done yet: the bench's own polling stays a small load
         ids = list(pending)
         with stack.redis.pipeline(transaction=False) as pipe:
             for mid in ids:
                 pipe.hget(f"chatapp:msg:{mid}", "state")
             pending.difference_update(mid for mid, state in zip(ids, pipe.execute()) if state == "done")
-        return not pending
+        return not pending and stack.redis.xlen("chatapp:finished") == 0
 
-    done = _wait_until(all_done, 300)
-    return len(mids) / (done - t0)
+    return check
+
+
+def _pipeline_rate(stack: Stack, n: int, clients: int, backlog: bool = False) -> float:
+    """Short turns/s: ``n`` sends from ``clients`` concurrent REST clients, until every reply is
+    done. ``backlog``: sent while the worker is suspended, timed from when it starts on them."""
+    raw = redis.Redis.from_url(stack.redis_url)
+    if backlog:
+        suspend(raw)
+    t0 = time.monotonic()
+    mids = _send_turns(stack, n, clients)
+    counted = len(mids)
+    if backlog:
+        t0, counted = _resume_and_time_start(raw, "rq:queue:chat")
+    done = _wait_until(_all_finished(stack, mids), 300)
+    return counted / (done - t0)
 
 
 def bench_throughput(n: int = 600, clients: int = 20, rounds: int = 3) -> dict[str, Any]:
@@ -92,15 +132,19 @@ def bench_throughput(n: int = 600, clients: int = 20, rounds: int = 3) -> dict[s
     try:
         _pipeline_rate(stack, clients * 2, clients)  # warm up both sides
         _bare_rq_rate(stack, 50)
-        pipe_rates, rq_rates = [], []
-        for _ in range(rounds):  # interleaved, so both see the same machine
-            rq_rates.append(_bare_rq_rate(stack, n))
-            pipe_rates.append(_pipeline_rate(stack, n, clients))
-        ratio = summary(pipe_rates)["p50"] / summary(rq_rates)["p50"]
-        print(f"bare RQ no-op jobs/s: {[round(r) for r in rq_rates]}  pipeline replies/s: "
-              f"{[round(r) for r in pipe_rates]}  median ratio {ratio:.2f} (target >= 0.8)")
-        return {"bare_rq_jobs_per_s": summary(rq_rates), "pipeline_replies_per_s": summary(pipe_rates),
-                "ratio": ratio, "n": n, "clients": clients, "worker_concurrency": 32}
+        out: dict[str, Any] = {"n": n, "clients": clients, "worker_concurrency": 32}
+        for mode, backlog in (("worker", True), ("end_to_end", False)):
+            pipe_rates, rq_rates = [], []
+            for _ in range(rounds):  # interleaved, so both see the same machine
+                rq_rates.append(_bare_rq_rate(stack, n, backlog))
+                pipe_rates.append(_pipeline_rate(stack, n, clients, backlog))
+            ratio = summary(pipe_rates)["p50"] / summary(rq_rates)["p50"]
+            print(f"{mode:>10}: bare RQ no-op jobs/s {[round(r) for r in rq_rates]}  pipeline replies/s "
+                  f"{[round(r) for r in pipe_rates]}  median ratio {ratio:.2f}"
+                  + (" (target >= 0.8)" if mode == "worker" else ""))
+            out[mode] = {"bare_rq_jobs_per_s": summary(rq_rates), "pipeline_replies_per_s": summary(pipe_rates),
+                         "ratio": ratio}
+        return out
     finally:
         stack.close()
 
