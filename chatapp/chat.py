@@ -18,6 +18,7 @@ from chatapp.ids import new_id
 from chatapp.limits import check_rate
 from chatapp.models import CachedReply, ChatRequest, Cost, GenerationResult, Persona, Provider, Usage
 from chatapp.prompt import render_messages
+from chatapp.replies import ReplySource
 from chatapp.schemas import check_content, check_params
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -74,28 +75,40 @@ def conversation_persona(ext: "ChatApp", conv: dict[str, str]) -> Persona | None
     return persona
 
 
-def request_for_reply(ext: "ChatApp", mid: str) -> tuple[ChatRequest, Provider]:
-    """The request a stored reply answers, rendered from its conversation as it stands."""
-    h = ext.redis.hgetall(f"{ext.prefix}msg:{mid}")
-    conv = ext.redis.hgetall(f"{ext.prefix}conv:{h.get('conversation_id')}") if h else {}
+def request_for_reply(ext: "ChatApp", mid: str, source: ReplySource | None = None) -> tuple[ChatRequest, Provider]:
+    """The request a stored reply answers, rendered from its conversation as it stands: from
+    ``source`` when the claim already read it, else read here."""
+    if source is None:
+        h = ext.redis.hgetall(f"{ext.prefix}msg:{mid}")
+        conv = ext.redis.hgetall(f"{ext.prefix}conv:{h.get('conversation_id')}") if h else {}
+        user = ext.users.get(h["user_id"]) if h and conv else None
+        source = ReplySource(h, conv, user.name if user else "", [], -1)
+    h, conv = source.record, source.conversation
     if not h or not conv:
         raise GenerationLost("The conversation was deleted.", code="conversation_deleted")
     provider = ext.catalog.provider(h.get("provider"))
-    user = ext.users.get(h["user_id"])
-    request = render_request(ext, conv, mid, h["user_id"], user.name if user else "User", mid, None,
-                             provider.id, h.get("model", ""), json.loads(h.get("params") or "{}"), h.get("cache", "use"))
+    request = render_request(ext, conv, mid, h["user_id"], source.user_name or "User", mid, None,
+                             provider.id, h.get("model", ""), json.loads(h.get("params") or "{}"), h.get("cache", "use"),
+                             preread=source)
     return request, provider
 
 
 def render_request(ext: "ChatApp", conv: dict[str, str], mid: str, user_id: str, user_name: str,
                    history_before: str | None, new_user_text: str | None, provider_id: str, model: str,
-                   params: dict[str, Any], cache_mode: str, stored: bool = True) -> ChatRequest:
+                   params: dict[str, Any], cache_mode: str, stored: bool = True,
+                   preread: ReplySource | None = None) -> ChatRequest:
     """The ChatRequest for reply ``mid``: the pinned persona's filled-in system prompt and the
     history that fits its budget. The web renders before storing the new message
-    (``new_user_text``, history up to now), the worker after (history before ``history_before``)."""
+    (``new_user_text``, history up to now), the worker after (history before ``history_before``);
+    ``preread`` is history already read, used when it was read with this persona's budget."""
     persona = conversation_persona(ext, conv)
     budget = persona.history_budget if persona and persona.history_budget else ext.config["HISTORY_TOKEN_BUDGET"]
-    history = ext.store.history(conv["id"], history_before, budget_tokens=budget) if stored else []
+    if not stored:
+        history = []
+    elif preread is not None and preread.budget_tokens == budget:
+        history = preread.history
+    else:
+        history = ext.store.history(conv["id"], history_before, budget_tokens=budget)
     messages = render_messages(persona, history, new_user_text, budget, user_name=user_name,
                                default_prompt=ext.config["DEFAULT_SYSTEM_PROMPT"])
     return ChatRequest(message_id=mid, conversation_id=conv["id"], user_id=user_id, provider=provider_id,

@@ -17,10 +17,27 @@ from chatapp.errors import ChatAppError, GenerationLost
 from chatapp.ids import now_ms
 from chatapp.models import CANCELLED, DONE, FAILED, GenerationResult, Usage
 from chatapp.scripts import Scripts
+from chatapp.store import HISTORY_MAX_MESSAGES, turns_oldest_first
 
 
 class FencedOut(Exception):
     """This job run no longer owns the reply (it finished, was deleted, or another run took it)."""
+
+
+def _pairs(flat: list[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2]))
+
+
+@dataclass
+class ReplySource:
+    """What a reply's request is rendered from, read with its claim: its record, its conversation
+    (empty if deleted), the user's name, and the turns before it within ``budget_tokens``,
+    oldest first."""
+    record: dict[str, str]
+    conversation: dict[str, str]
+    user_name: str
+    history: list[dict[str, str]]
+    budget_tokens: int
 
 
 @dataclass
@@ -29,6 +46,7 @@ class Claim:
     attempt: int = 0
     emitted: str = ""
     resume_state: dict[str, Any] = field(default_factory=dict)
+    source: ReplySource | None = None
 
 
 def _json(value: Any) -> str:
@@ -86,6 +104,7 @@ class Replies:
         self.grace_ms = int(float(config["QUEUE_GRACE_S"]) * 1000)
         self.max_attempts = int(config["MAX_ATTEMPTS"])
         self.stream_ttl = int(config["STREAM_TTL_S"])
+        self.history_budget = int(config["HISTORY_TOKEN_BUDGET"])
 
     # -- fins -----------------------------------------------------------------------------
     def _fin(self, state: str, **kwargs: Any) -> str:
@@ -117,23 +136,46 @@ class Replies:
 
     # -- worker side ----------------------------------------------------------------------
     def claim(self, mid: str, token: str) -> Claim:
+        """Take the reply for this run and read what its request is rendered from, in one step."""
         out = self.scripts.claim(args=[
             self.prefix, mid, token, now_ms(), self.lease_ms, self.max_attempts,
             self._lost_fin(), self._fin(CANCELLED, finish_reason="cancelled"),
+            self.history_budget, HISTORY_MAX_MESSAGES,
         ])
         if out[0] != "ok":
             return Claim(out[0])
-        return Claim("ok", int(out[1]), out[2], json.loads(out[3]) if out[3] else {})
+        source = ReplySource(_pairs(out[4]), _pairs(out[5]), out[6], turns_oldest_first(out[7]), self.history_budget)
+        return Claim("ok", int(out[1]), out[2], json.loads(out[3]) if out[3] else {}, source)
 
     def append(self, mid: str, token: str, events: list[tuple[str, dict[str, Any], str]]) -> int:
         """Append (type, data, text) events; raises ``FencedOut`` if this run lost the reply."""
-        args: list[Any] = [self.prefix, mid, token]
-        for event_type, data, text in events:
-            args += [event_type, _json(data), text]
-        seq = self.scripts.append(args=args)
+        seq = self.scripts.append(args=self._append_args(mid, token, events))
         if seq == -1:
             raise FencedOut(mid)
         return seq
+
+    def append_many(self, writes: list[tuple[str, str, list[tuple[str, dict[str, Any], str]]]]) -> list[Any]:
+        """Several runs' appends, (mid, token, events) each, in one round trip. Returns per write
+        its last seq, -1 if that run was fenced out, or the error it hit."""
+        script = self.scripts.append
+        for attempt in (1, 2):
+            with self.redis.pipeline(transaction=False) as pipe:
+                for mid, token, events in writes:
+                    # EVALSHA directly: a Script in a pipeline costs a SCRIPT EXISTS round trip each time
+                    pipe.evalsha(script.sha, 0, *self._append_args(mid, token, events))
+                out = pipe.execute(raise_on_error=False)
+            if attempt == 1 and any(isinstance(o, redis.exceptions.NoScriptError) for o in out):
+                # Redis lost its script cache (a restart): nothing was written; load it and write again
+                script.sha = self.redis.script_load(script.script)
+                continue
+            return out
+        return out
+
+    def _append_args(self, mid: str, token: str, events: list[tuple[str, dict[str, Any], str]]) -> list[Any]:
+        args: list[Any] = [self.prefix, mid, token]
+        for event_type, data, text in events:
+            args += [event_type, _json(data), text]
+        return args
 
     def save_state(self, mid: str, token: str, state: dict[str, Any]) -> None:
         self.scripts.save_state(args=[self.prefix, mid, token, _json(state)])

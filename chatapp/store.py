@@ -18,6 +18,15 @@ from chatapp.errors import InvalidRequest, NotFound
 from chatapp.ids import iso, new_id, now_ms
 from chatapp.scripts import Scripts
 
+#: the most stored turns a request's history reads (the token budget usually stops it sooner)
+HISTORY_MAX_MESSAGES = 200
+
+
+def turns_oldest_first(flat: list[str]) -> list[dict[str, str]]:
+    """The history scripts' flat (role, content, state) answer, newest first, as turns oldest first."""
+    turns = [{"role": flat[i], "content": flat[i + 1], "state": flat[i + 2]} for i in range(0, len(flat), 3)]
+    return list(reversed(turns))
+
 MESSAGE_FIELDS_HIDDEN = {"owner", "cancel", "partial", "provider_state", "seq", "msg_counter"}
 
 
@@ -234,7 +243,7 @@ class Store:
             return [h for h in pipe.execute() if h]
 
     def history(self, cid: str, upto_mid: str | None = None, budget_tokens: int | None = None,
-                max_messages: int = 200) -> list[dict[str, str]]:
+                max_messages: int = HISTORY_MAX_MESSAGES) -> list[dict[str, str]]:
         """The latest turns before ``upto_mid`` (the newest when None), oldest first: only role,
         content and state, gathered server-side in one call and no further back than
         ``budget_tokens`` can use, so a send costs O(budget), not O(conversation)."""
@@ -246,5 +255,4 @@ class Store:
             top = f"({int(score)}"
         flat = self.scripts.history(args=[self.p, cid, top, -1 if budget_tokens is None else budget_tokens,
                                           max_messages])
-        turns = [{"role": flat[i], "content": flat[i + 1], "state": flat[i + 2]} for i in range(0, len(flat), 3)]
-        return list(reversed(turns))
+        return turns_oldest_first(flat)

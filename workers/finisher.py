@@ -85,8 +85,7 @@ class Finisher(threading.Thread):
                 batch = self.ext.redis.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=20,
                                                   block=self.block_ms)
                 for _stream, entries in batch or []:
-                    for entry_id, fields in entries:
-                        self.handle(entry_id, fields)
+                    self.handle_batch(entries)
             except redis.RedisError as exc:
                 log.warning("finisher: Redis unavailable (%s)", type(exc).__name__)
                 next_claim = 0.0
@@ -95,12 +94,12 @@ class Finisher(threading.Thread):
                 log.exception("finisher failed; continuing")
                 self.stopping.wait(1)
 
-    def rebuild(self, mid: str, fields: dict[str, str]) -> tuple[ChatRequest, GenerationResult]:
-        """The request and result for the hook: the request the job rendered when it ran in this
-        process, else re-rendered from the stored conversation, or, when that was deleted
-        meanwhile, from the record the outbox entry carries (no prompt, no text)."""
+    def rebuild(self, mid: str, fields: dict[str, str], h: dict[str, str]) -> tuple[ChatRequest, GenerationResult]:
+        """The request and result for the hook, given the reply's stored record ``h``: the request
+        the job rendered when it ran in this process, else re-rendered from the stored
+        conversation, or, when that was deleted meanwhile, from the record the outbox entry
+        carries (no prompt, no text)."""
         rendered = RENDERED.pop(mid)
-        h = self.ext.redis.hgetall(f"{self.ext.prefix}msg:{mid}")
         if h:
             if rendered is not None:
                 return rendered, result_from_record(h)
@@ -122,25 +121,37 @@ class Finisher(threading.Thread):
     def claim_abandoned(self) -> None:
         _next, entries, *_ = self.ext.redis.xautoclaim(self.stream, GROUP, self.consumer, CLAIM_IDLE_MS,
                                                        start_id="0-0", count=20)
-        for entry_id, fields in entries:
-            if fields:  # a trimmed entry comes back empty
-                self.handle(entry_id, fields)
+        self.handle_batch([(entry_id, fields) for entry_id, fields in entries if fields])  # a trimmed one is empty
 
-    def handle(self, entry_id: str, fields: dict[str, str]) -> None:
+    def handle_batch(self, entries: list[tuple[str, dict[str, str]]]) -> None:
+        """Run the hook for each entry; the records are read, and the handled entries acknowledged,
+        in one round trip each for the whole batch."""
+        if not entries:
+            return
+        with self.ext.redis.pipeline(transaction=False) as pipe:
+            for _entry_id, fields in entries:
+                pipe.hgetall(f"{self.ext.prefix}msg:{fields.get('m', '')}")
+            records = pipe.execute()
+        handled = [entry_id for (entry_id, fields), record in zip(entries, records) if self.handle(fields, record)]
+        if handled:
+            with self.ext.redis.pipeline(transaction=False) as pipe:
+                pipe.xack(self.stream, GROUP, *handled)
+                pipe.xdel(self.stream, *handled)
+                pipe.execute()
+
+    def handle(self, fields: dict[str, str], record: dict[str, str]) -> bool:
+        """Run ``after_generation`` for one entry; False to leave it unacknowledged (Redis blinked,
+        so it is claimed and run again after CLAIM_IDLE_MS rather than skipping this reply's cache
+        store, budget and usage)."""
         mid = fields.get("m", "")
         try:
-            request, result = self.rebuild(mid, fields)
+            request, result = self.rebuild(mid, fields, record)
             metrics.reply_finished(self.ext, fields, result)
             self.ext.pm.hook.after_generation(request=request, result=result, host=self.ext.host)
         except redis.RedisError as exc:
-            # Redis blinked: leave the entry unacknowledged so it is claimed and run again after
-            # CLAIM_IDLE_MS, rather than skipping this reply's cache store, budget and usage
             log.warning("after_generation for %s hit a Redis error (%s); it will run again", mid,
                         type(exc).__name__)
-            return
+            return False
         except Exception:
             log.exception("after_generation failed for %s", mid)
-        with self.ext.redis.pipeline(transaction=False) as pipe:
-            pipe.xack(self.stream, GROUP, entry_id)
-            pipe.xdel(self.stream, entry_id)
-            pipe.execute()
+        return True

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +22,7 @@ from chatapp.models import (
 )
 from chatapp.replies import Claim, FencedOut
 from workers import runtime
+from workers.event_writer import RunWrites
 from workers.finisher import RENDERED
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,14 +39,14 @@ CANCEL_DRAIN_S = 10.0
 
 def generate_reply(message_id: str) -> str:
     """RQ entry point. Returns how the run ended (for RQ's result), never raises for reply errors."""
-    ext, keeper = runtime.get()
-    return ReplyRun(ext, keeper, message_id).run()
+    ext, keeper, writer = runtime.get()
+    return ReplyRun(ext, keeper, writer.for_run(message_id), message_id).run()
 
 
 class ReplyRun:
-    def __init__(self, ext: "ChatApp", keeper: "LeaseKeeper", mid: str) -> None:
-        self.ext, self.keeper, self.mid = ext, keeper, mid
-        self.token = uuid.uuid4().hex
+    def __init__(self, ext: "ChatApp", keeper: "LeaseKeeper", writes: RunWrites, mid: str) -> None:
+        self.ext, self.keeper, self.writes, self.mid = ext, keeper, writes, mid
+        self.token = writes.token
 
     def run(self) -> str:
         reply_context.set({"message_id": self.mid})
@@ -55,7 +55,7 @@ class ReplyRun:
             log.info("reply %s not run: %s", self.mid, claim.status)
             return claim.status
         try:
-            request, provider = self.build_request()
+            request, provider = self.build_request(claim)
         except ChatAppError as err:
             result = GenerationResult(self.mid, FAILED, "", error=err.to_dict()["error"], attempt=claim.attempt)
             self.ext.replies.finish(self.mid, self.token, result)
@@ -74,8 +74,8 @@ class ReplyRun:
             return "fenced"
         return self.finish(request, provider, result)
 
-    def build_request(self) -> tuple[ChatRequest, Provider]:
-        request, provider = request_for_reply(self.ext, self.mid)
+    def build_request(self, claim: Claim) -> tuple[ChatRequest, Provider]:
+        request, provider = request_for_reply(self.ext, self.mid, claim.source)
         RENDERED.put(self.mid, request)  # after_generation reuses it when it runs in this process
         return request, provider
 
@@ -87,14 +87,28 @@ class ReplyRun:
         # text an earlier attempt delivered: the provider starts over and we skip it
         stream = PartStream(self, result, claim.emitted)
         try:
-            for index, (step, part_request) in enumerate(parts_of(request)):
+            try:
+                for index, (step, part_request) in enumerate(parts_of(request)):
+                    if context.cancelled.is_set():
+                        break
+                    part_context = step_context(context, index) if step else context
+                    heading = f"{chr(10) * 2 if index else ''}**{step.label or step.name}**{chr(10) * 2}" if step else ""
+                    stream.run(provider, part_request, part_context, step.name if step else None, heading)
                 if context.cancelled.is_set():
-                    break
-                part_context = step_context(context, index) if step else context
-                heading = f"{chr(10) * 2 if index else ''}**{step.label or step.name}**{chr(10) * 2}" if step else ""
-                stream.run(provider, part_request, part_context, step.name if step else None, heading)
-            if context.cancelled.is_set():
-                result.state, result.finish_reason = CANCELLED, "cancelled"
+                    result.state, result.finish_reason = CANCELLED, "cancelled"
+            except (FencedOut, redis.ConnectionError, redis.TimeoutError):
+                raise
+            except ChatAppError as err:
+                result.state, result.error = FAILED, err.to_dict()["error"]
+                if err.status >= 500:
+                    log.warning("reply %s failed: %s (%s)", self.mid, err.code, err.message)
+            except JobTimeoutException:
+                result.state, result.error = FAILED, ProviderTimeout("The reply took longer than the job timeout.",
+                                                                     code="job_timeout").to_dict()["error"]
+            except Exception:
+                log.exception("reply %s: provider %s crashed", self.mid, provider.id)
+                result.state, result.error = FAILED, ChatAppError().to_dict()["error"]
+            self.writes.wait()  # however it ended, every event is stored before the reply may finish
         except FencedOut:
             log.warning("reply %s: this run lost ownership; stopping its provider", self.mid)
             self.keeper.stop_generation(self.mid, "fenced", self.token)  # tells the provider once
@@ -107,22 +121,14 @@ class ReplyRun:
             log.warning("reply %s: Redis unavailable while streaming (%s); handing it off to a retry",
                         self.mid, type(exc).__name__)
             return None
-        except ChatAppError as err:
-            result.state, result.error = FAILED, err.to_dict()["error"]
-            if err.status >= 500:
-                log.warning("reply %s failed: %s (%s)", self.mid, err.code, err.message)
-        except JobTimeoutException:
-            result.state, result.error = FAILED, ProviderTimeout("The reply took longer than the job timeout.",
-                                                                 code="job_timeout").to_dict()["error"]
-        except Exception:
-            log.exception("reply %s: provider %s crashed", self.mid, provider.id)
-            result.state, result.error = FAILED, ChatAppError().to_dict()["error"]
         result.finished_at = time.time()
+        # what the reply's record holds: an earlier attempt's text and this run's appends (only the
+        # owner appends, so no read is needed)
+        result.text = claim.emitted + stream.appended
         return result
 
     def finish(self, request: ChatRequest, provider: Provider, result: GenerationResult) -> str:
         pm = self.ext.pm
-        result.text = self.ext.redis.get(f"{self.ext.prefix}msg:{self.mid}:partial") or ""
         try:
             result.cost = pm.hook.price_generation(request=request, result=result, provider=provider,
                                                   host=self.ext.host)
@@ -197,6 +203,7 @@ class PartStream:
         self.run_, self.result, self.already = run, result, already
         self.status_sent: str | None = None
         self.written = ""  # the reply so far, as the model wrote it (what later steps see)
+        self.appended = ""  # the text this run added to the stored reply
         self.result.usage = Usage()
 
     def run(self, provider: Provider, request: ChatRequest, context: GenerationContext, part: str | None,
@@ -233,7 +240,8 @@ class PartStream:
             if chunk.finish_reason:
                 self.result.finish_reason = chunk.finish_reason
             if events:
-                self.run_.ext.replies.append(self.run_.mid, self.run_.token, events)
+                self.run_.writes.append(events)
+                self.appended += text
         if usage is not None:
             self.result.usage = Usage(self.result.usage.input_tokens + usage.input_tokens,
                                       self.result.usage.output_tokens + usage.output_tokens)

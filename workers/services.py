@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 from chatapp.metrics_redis import MetricsFlusher
 from chatapp.retention import RetentionSweeper
 from workers import runtime
+from workers.event_writer import EventWriter
 from workers.finisher import Finisher
 from workers.keeper import LeaseKeeper
 
@@ -14,23 +15,26 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class WorkerServices:
-    """The lease keeper (leases, Stop, reaper, liveness), the finisher (after_generation), the
-    metrics flusher (worker metrics to Redis, for /metrics) and the retention sweeper."""
+    """The lease keeper (leases, Stop, reaper, liveness), the event writer (every reply's stream
+    writes), the finisher (after_generation), the metrics flusher (worker metrics to Redis, for
+    /metrics) and the retention sweeper."""
 
     def __init__(self, ext: "ChatApp") -> None:
         self.ext = ext
         self.keeper = LeaseKeeper(ext)
+        self.event_writer = EventWriter(ext.replies)
         self.finisher = Finisher(ext, consumer=self.keeper.worker_id, block_ms=int(ext.config["RELAY_BLOCK_MS"]))
         self.metrics_flusher = MetricsFlusher(ext.metrics.worker, float(ext.config.get("METRICS_FLUSH_S", 1.0)))
         self.retention = RetentionSweeper(ext)
 
     def start(self) -> "WorkerServices":
         """Make this process's job functions use it, and start its threads."""
-        runtime.install(self.ext, self.keeper)
+        runtime.install(self.ext, self.keeper, self.event_writer)
         return self.start_threads()
 
     def start_threads(self) -> "WorkerServices":
         self.keeper.start()
+        self.event_writer.start()
         self.finisher.start()
         self.metrics_flusher.start()
         self.retention.start()  # only when CHATAPP_RETENTION_DAYS is set
@@ -40,4 +44,5 @@ class WorkerServices:
         self.retention.stop()
         self.finisher.stop()
         self.keeper.stop()
+        self.event_writer.stop()  # after the jobs: they wait for their writes
         self.metrics_flusher.stop()  # last: writes what the others counted
