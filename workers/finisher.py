@@ -28,6 +28,12 @@ log = logging.getLogger(__name__)
 
 GROUP = "after_generation"
 CLAIM_IDLE_MS = 60_000
+#: entries handled per read at most
+BATCH = 50
+#: after a read that was not full, wait this long before the next one, so that under load a read
+#: takes many entries (each read, record fetch and acknowledgement is one round trip per batch);
+#: the hook runs this much later, which nobody waits on
+LINGER_S = 0.02
 
 
 class RecentRequests:
@@ -82,10 +88,12 @@ class Finisher(threading.Thread):
                 if time.monotonic() >= next_claim:
                     self.claim_abandoned()
                     next_claim = time.monotonic() + 15
-                batch = self.ext.redis.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=20,
+                batch = self.ext.redis.xreadgroup(GROUP, self.consumer, {self.stream: ">"}, count=BATCH,
                                                   block=self.block_ms)
                 for _stream, entries in batch or []:
                     self.handle_batch(entries)
+                    if len(entries) < BATCH:
+                        self.stopping.wait(LINGER_S)
             except redis.RedisError as exc:
                 log.warning("finisher: Redis unavailable (%s)", type(exc).__name__)
                 next_claim = 0.0

@@ -1,0 +1,178 @@
+"""The worker's event writer (one per process, batching every reply's appends) and the claim that
+reads a reply's request source in the same step, against a real redis-server."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+import redis
+
+from chatapp.chat import request_for_reply
+from chatapp.replies import FencedOut, Replies
+from tests.conftest import free_port
+from workers.event_writer import EventWriter
+
+
+def queued(ext, content="one two three"):
+    user = ext.users.create(f"u{time.monotonic_ns()}")[0]
+    accepted = ext.chat.send(user, conversation_id=None, content=content)
+    ext.redis.lpop(f"rq:queue:{ext.config['QUEUE_NAME']}")  # these tests run the reply by hand
+    return user, accepted.message_id
+
+
+def deltas(ext, mid):
+    return [(int(i.split("-")[1]), f["d"]) for i, f in ext.redis.xrange(f"{ext.prefix}ev:{mid}") if f["t"] == "delta"]
+
+
+@pytest.fixture()
+def writer(ext):
+    w = EventWriter(ext.replies)
+    w.start()
+    yield w
+    w.stop()
+
+
+def test_many_runs_interleaved_keep_each_replys_order_and_text(ext, writer):
+    runs = []
+    for _ in range(8):
+        _, mid = queued(ext)
+        run = writer.for_run(mid)
+        assert ext.replies.claim(mid, run.token).status == "ok"
+        runs.append(run)
+
+    def stream(run):
+        for i in range(50):
+            run.append([("delta", {"text": f"{i} "}, f"{i} ")])
+        run.wait()
+
+    threads = [threading.Thread(target=stream, args=(r,)) for r in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    expected = "".join(f"{i} " for i in range(50))
+    for run in runs:
+        got = deltas(ext, run.mid)
+        seqs = [s for s, _ in got]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 50  # in order, each once
+        assert "".join(d.split('"text":"')[1].split('"')[0] for _, d in got) == expected
+        assert ext.redis.get(f"{ext.prefix}msg:{run.mid}:partial") == expected
+
+
+def test_a_batch_merges_a_replys_events_into_one_append(ext, writer, monkeypatch):
+    _, mid = queued(ext)
+    run = writer.for_run(mid)
+    ext.replies.claim(mid, run.token)
+    calls = []
+    original = Replies.append_many
+
+    def counting(self, writes):
+        calls.append([len(events) for _mid, _token, events in writes])
+        return original(self, writes)
+
+    monkeypatch.setattr(Replies, "append_many", counting)
+    # hand over many events while the writer is busy with the first: they go out together
+    gate = threading.Event()
+    real_write = writer.write
+    monkeypatch.setattr(writer, "write", lambda batch: (gate.wait(5), real_write(batch)))
+    for i in range(20):
+        run.append([("delta", {"text": str(i)}, str(i))])
+    gate.set()
+    run.wait()
+    assert sum(sum(c) for c in calls) == 20
+    assert len(calls) <= 2 and all(len(c) == 1 for c in calls)  # one append per reply per batch
+    assert ext.redis.get(f"{ext.prefix}msg:{mid}:partial") == "".join(str(i) for i in range(20))
+
+
+def test_a_fenced_out_run_learns_it_at_its_next_append_or_wait(ext, writer):
+    _, mid = queued(ext)
+    run = writer.for_run(mid)
+    ext.replies.claim(mid, run.token)
+    ext.redis.hset(f"{ext.prefix}msg:{mid}", "owner", "someone-else")  # another run took over
+    run.append([("delta", {"text": "lost"}, "lost")])
+    with pytest.raises(FencedOut):
+        run.wait()
+    with pytest.raises(FencedOut):
+        run.append([("delta", {"text": "again"}, "again")])
+    assert deltas(ext, mid) == []
+
+
+def test_a_redis_error_reaches_the_run_and_the_writer_carries_on(ext):
+    dead = redis.Redis(host="127.0.0.1", port=free_port(), decode_responses=True, socket_connect_timeout=0.5)
+    broken = EventWriter(Replies(dead, ext.replies.scripts, ext.prefix, ext.config))
+    broken.start()
+    try:
+        run = broken.for_run("m_nothing")
+        run.append([("delta", {"text": "x"}, "x")])
+        with pytest.raises(redis.ConnectionError):
+            run.wait()
+        assert broken.is_alive()
+    finally:
+        broken.stop()
+
+
+def test_stop_writes_what_was_queued_first(ext):
+    w = EventWriter(ext.replies)
+    _, mid = queued(ext)
+    run = w.for_run(mid)
+    ext.replies.claim(mid, run.token)
+    for i in range(5):
+        run.append([("delta", {"text": str(i)}, str(i))])  # queued before the thread even runs
+    w.start()
+    w.stop()
+    assert not w.is_alive()
+    assert ext.redis.get(f"{ext.prefix}msg:{mid}:partial") == "01234"
+
+
+def test_the_writer_reloads_a_script_redis_forgot(ext, writer):
+    _, mid = queued(ext)
+    run = writer.for_run(mid)
+    ext.replies.claim(mid, run.token)
+    ext.redis.script_flush()  # as after a Redis restart without persistence of scripts
+    try:
+        run.append([("delta", {"text": "after flush"}, "after flush")])
+        run.wait()
+        assert ext.redis.get(f"{ext.prefix}msg:{mid}:partial") == "after flush"
+    finally:
+        ext.replies.scripts.__init__(ext.redis, int(ext.config["FIREHOSE_MAXLEN"]))  # reload for the rest
+
+
+def test_claim_brings_the_request_source_and_renders_like_a_fresh_read(ext):
+    user, mid = queued(ext, "first question")
+    token = "t1"
+    ext.replies.claim(mid, token)
+    ext.replies.append(mid, token, [("delta", {"text": "first answer"}, "first answer")])
+    ext.replies.finish(mid, token, _done(mid))
+    cid = ext.redis.hget(f"{ext.prefix}msg:{mid}", "conversation_id")
+    second = ext.chat.send(user, conversation_id=cid, content="second question").message_id
+    claim = ext.replies.claim(second, "t2")
+    assert claim.status == "ok" and claim.source is not None
+    assert claim.source.user_name == user.name and claim.source.conversation["id"] == cid
+    assert claim.source.record["id"] == second and claim.source.record["state"] == "generating"
+    assert [t["role"] for t in claim.source.history] == ["user", "assistant", "user"]
+    from_claim, _ = request_for_reply(ext, second, claim.source)
+    fresh, _ = request_for_reply(ext, second)
+    assert from_claim.messages == fresh.messages
+    assert [m.content for m in from_claim.messages][-3:] == ["first question", "first answer", "second question"]
+
+
+def test_history_is_read_again_only_for_a_persona_with_its_own_budget(ext, monkeypatch):
+    _, mid = queued(ext)
+    claim = ext.replies.claim(mid, "t")
+    reads = []
+    real_history = ext.store.history
+    monkeypatch.setattr(ext.store, "history", lambda *a, **kw: reads.append(kw.get("budget_tokens")) or real_history(*a, **kw))
+    request_for_reply(ext, mid, claim.source)
+    assert reads == []  # the default budget: the claim's read is used
+    tight = replace(ext.catalog.persona(None), history_budget=10)
+    monkeypatch.setattr("chatapp.chat.conversation_persona", lambda _ext, _conv: tight)
+    request_for_reply(ext, mid, claim.source)
+    assert reads == [10]
+
+
+def _done(mid):
+    from chatapp.models import DONE, GenerationResult
+
+    return GenerationResult(mid, DONE, "first answer", finish_reason="stop")
