@@ -154,13 +154,15 @@ class ChatService:
 
     def send(self, user: User, *, conversation_id: str | None, content: str, client_message_id: str | None = None,
              persona: str | None = None, params: dict[str, Any] | None = None, system_prompt: str = "",
-             batch_id: str | None = None) -> Accepted:
+             batch_id: str | None = None, conversation: dict[str, str] | None = None) -> Accepted:
         """Accept a user message and start (or serve from cache) its reply.
 
         ``batch_id`` marks an item of a batch (``chatapp.batch``): its new conversation is indexed
         in ``user:<uid>:batchconvs`` instead of the sidebar, the send rate limit (counted once
         for the whole batch by the caller) and MAX_ACTIVE_GENERATIONS do not apply, and the job
         goes to the low-priority batch queue. Budgets, the cache and fenced replies apply as usual.
+        ``conversation`` is its stored hash when the caller has just read it (the send script
+        checks ownership again atomically).
         """
         ext = self.ext
         check_content(content, self.config["MAX_MESSAGE_BYTES"])
@@ -177,7 +179,7 @@ class ChatService:
                 return self._duplicate(seen, fingerprint, client_message_id)
         new_conv = None
         if conversation_id:
-            conv = ext.store.conversation(user.id, conversation_id)
+            conv = conversation or ext.store.conversation(user.id, conversation_id)
         else:
             title = content.strip().splitlines()[0][: self.config["MAX_TITLE_CHARS"]]
             conversation_id, new_conv = self.new_conversation(user, title=title, persona=persona,

@@ -38,10 +38,12 @@ class ReplyQueue:
 
     def enqueue(self, mid: str, job_id: str, *, batch: bool = False) -> None:
         """Queue the job for reply ``mid``; ``batch`` puts it on the low-priority batch queue."""
-        (self.batch_queue if batch else self.queue).enqueue_call(
-            JOB_FUNCTION, args=(mid,), job_id=job_id, timeout=self.job_timeout_s,
-            result_ttl=600, failure_ttl=24 * 3600, description=f"reply {mid}",
-        )
+        with self.connection.pipeline() as pipe:  # one round trip (RQ's own enqueue takes two)
+            (self.batch_queue if batch else self.queue).enqueue_call(
+                JOB_FUNCTION, args=(mid,), job_id=job_id, timeout=self.job_timeout_s,
+                result_ttl=600, failure_ttl=24 * 3600, description=f"reply {mid}", pipeline=pipe,
+            )
+            pipe.execute()
 
     def job_status(self, job_id: str | None) -> str | None:
         """RQ's status for a job ('queued', 'started', 'finished', ...), None when it is gone."""

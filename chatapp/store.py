@@ -199,6 +199,24 @@ class Store:
             raise NotFound("No such message.", code="message_not_found")
         return h
 
+    def message_views(self, uid: str, mids: list[str]) -> list[dict[str, Any]]:
+        """The API views of several of the caller's messages from one atomic read (a live reply's
+        text and ``seq`` are consistent, as in ``message_view``); 404 if any is not theirs."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            for mid in mids:
+                pipe.hgetall(f"{self.p}msg:{mid}")
+                pipe.get(f"{self.p}msg:{mid}:partial")
+            out = pipe.execute()
+        views = []
+        for h, partial in zip(out[::2], out[1::2]):
+            if not h or h.get("user_id") != uid:
+                raise NotFound("No such message.", code="message_not_found")
+            live = h["role"] == "assistant" and h["state"] in ("queued", "generating")
+            versions = (self.redis.lrange(f"{self.p}msg:{h['versions_of']}:versions", 0, -1)
+                        if h.get("versions_of") else None)
+            views.append(message_resource(h, (partial or "") if live else None, versions))
+        return views
+
     def message_view(self, h: dict[str, str]) -> dict[str, Any]:
         """The API view; a live reply's text and ``seq`` come from one atomic read, so a client
         that resumes from that ``seq`` gets exactly the rest."""

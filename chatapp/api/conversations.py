@@ -100,18 +100,17 @@ def list_messages(cid: str) -> Any:
 @bp.post("/conversations/<cid>/messages")
 def send_message(cid: str) -> Any:
     user = load_user()
-    ext().store.conversation(user.id, cid)  # 404 before validation says anything about it
+    conversation = ext().store.conversation(user.id, cid)  # 404 before validation says anything about it
     data = load(MessageCreateSchema(), json_body())
     accepted = ext().chat.send(user, conversation_id=cid, content=data["content"],
-                               client_message_id=data.get("client_message_id"), params=data.get("params"))
-    store = ext().store
-    user_message = store.message_view(store.message(user.id, accepted.user_message_id))
+                               client_message_id=data.get("client_message_id"), params=data.get("params"),
+                               conversation=conversation)
+    user_message, reply = ext().store.message_views(user.id, [accepted.user_message_id, accepted.message_id])
     if wants_wait():
         reply = ext().chat.wait(user, accepted.message_id)
         if reply["state"] in ("done", "failed", "cancelled"):
             return jsonify({"user_message": user_message, "message_id": accepted.message_id,
                             "state": reply["state"], "message": reply})
-    reply = store.message_view(store.message(user.id, accepted.message_id))
     return jsonify({"user_message": user_message, "message_id": accepted.message_id, "state": reply["state"],
                     "message": reply}), 202
 
