@@ -149,6 +149,22 @@ class Stack:
         return sum(1 for c in self.redis.client_list() if c.get("name") == f"chatapp-{pid}")
 
     @staticmethod
+    def cpu_s(pid: int) -> float:
+        """CPU seconds (user + system) the process has used so far."""
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def usage(self) -> dict[str, float]:
+        """CPU seconds so far of the web workers, the worker, redis-server and this process, and
+        the commands Redis has run (scripts' own commands included)."""
+        pids = {"web": self.web_pids(), "worker": [self.worker.pid] if self.worker else [],
+                "redis": [self.redis_proc.pid], "bench": [os.getpid()]}
+        out = {f"{name}_cpu_s": sum(self.cpu_s(p) for p in group) for name, group in pids.items()}
+        out["redis_commands"] = sum(v["calls"] for v in self.redis.info("commandstats").values())
+        return out
+
+    @staticmethod
     def rss_mb(pid: int) -> float:
         with open(f"/proc/{pid}/status") as f:
             for line in f:

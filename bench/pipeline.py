@@ -38,9 +38,19 @@ def _wait_until(check: Any, timeout: float) -> float:
     raise TimeoutError("benchmark did not finish in time")
 
 
-def _bare_rq_rate(stack: Stack, n: int, backlog: bool = False) -> float:
+def _per_item(stack: Stack, before: dict[str, float], count: int) -> dict[str, float]:
+    """What each item cost since ``before``: CPU ms per process and Redis commands."""
+    after = stack.usage()
+    out = {k.replace("_cpu_s", "_cpu_ms"): round((after[k] - before[k]) * 1000 / count, 3)
+           for k in after if k.endswith("_cpu_s")}
+    out["redis_commands"] = round((after["redis_commands"] - before["redis_commands"]) / count, 1)
+    return out
+
+
+def _bare_rq_rate(stack: Stack, n: int, backlog: bool = False, costs: list | None = None) -> float:
     """No-op jobs/s on the same worker process and queue the replies use (enqueued in bulk).
-    ``backlog``: enqueued while the worker is suspended, timed from when it starts taking them."""
+    ``backlog``: enqueued while the worker is suspended, timed from when it starts taking them
+    (and what each job cost is appended to ``costs``)."""
     raw = redis.Redis.from_url(stack.redis_url)  # RQ stores pickles: no decode_responses
     queue = Queue("chat", connection=raw)
     registry = queue.finished_job_registry
@@ -53,8 +63,11 @@ def _bare_rq_rate(stack: Stack, n: int, backlog: bool = False) -> float:
         pipe.execute()
     counted = n
     if backlog:
+        used = stack.usage()
         t0, counted = _resume_and_time_start(raw, queue.key)
     done = _wait_until(lambda: registry.count - before >= n, 120)
+    if backlog and costs is not None:
+        costs.append(_per_item(stack, used, n))
     return counted / (done - t0)
 
 
@@ -98,21 +111,25 @@ def _send_turns(stack: Stack, n: int, clients: int) -> list[str]:
 def _all_finished(stack: Stack, mids: list[str]) -> Any:
     """A check that every reply is ``done`` and its ``after_generation`` has run (the outbox is
     empty): a reply counts once all of its work is over, not when its text is."""
-    pending = set(mids)
+    pending = list(mids)  # in send order, which is about the order they finish in
 
     def check() -> bool:
-        # only the replies not seen done yet: the bench's own polling stays a small load
-        ids = list(pending)
-        with stack.redis.pipeline(transaction=False) as pipe:
-            for mid in ids:
-                pipe.hget(f"chatapp:msg:{mid}", "state")
-            pending.difference_update(mid for mid, state in zip(ids, pipe.execute()) if state == "done")
-        return not pending and stack.redis.xlen("chatapp:finished") == 0
+        # only the oldest replies not seen done yet: the bench's own polling stays a small load
+        while pending:
+            ids = pending[:50]
+            with stack.redis.pipeline(transaction=False) as pipe:
+                for mid in ids:
+                    pipe.hget(f"chatapp:msg:{mid}", "state")
+                done = {mid for mid, state in zip(ids, pipe.execute()) if state == "done"}
+            pending[:50] = [mid for mid in ids if mid not in done]
+            if len(done) < len(ids):  # some of the oldest are still running
+                return False
+        return stack.redis.xlen("chatapp:finished") == 0
 
     return check
 
 
-def _pipeline_rate(stack: Stack, n: int, clients: int, backlog: bool = False) -> float:
+def _pipeline_rate(stack: Stack, n: int, clients: int, backlog: bool = False, costs: list | None = None) -> float:
     """Short turns/s: ``n`` sends from ``clients`` concurrent REST clients, until every reply is
     done. ``backlog``: sent while the worker is suspended, timed from when it starts on them."""
     raw = redis.Redis.from_url(stack.redis_url)
@@ -122,8 +139,11 @@ def _pipeline_rate(stack: Stack, n: int, clients: int, backlog: bool = False) ->
     mids = _send_turns(stack, n, clients)
     counted = len(mids)
     if backlog:
+        used = stack.usage()
         t0, counted = _resume_and_time_start(raw, "rq:queue:chat")
     done = _wait_until(_all_finished(stack, mids), 300)
+    if backlog and costs is not None:
+        costs.append(_per_item(stack, used, len(mids)))
     return counted / (done - t0)
 
 
@@ -134,16 +154,24 @@ def bench_throughput(n: int = 600, clients: int = 20, rounds: int = 3) -> dict[s
         _bare_rq_rate(stack, 50)
         out: dict[str, Any] = {"n": n, "clients": clients, "worker_concurrency": 32}
         for mode, backlog in (("worker", True), ("end_to_end", False)):
-            pipe_rates, rq_rates = [], []
+            pipe_rates, rq_rates, pipe_costs, rq_costs = [], [], [], []
             for _ in range(rounds):  # interleaved, so both see the same machine
-                rq_rates.append(_bare_rq_rate(stack, n, backlog))
-                pipe_rates.append(_pipeline_rate(stack, n, clients, backlog))
+                rq_rates.append(_bare_rq_rate(stack, n, backlog, rq_costs))
+                pipe_rates.append(_pipeline_rate(stack, n, clients, backlog, pipe_costs))
             ratio = summary(pipe_rates)["p50"] / summary(rq_rates)["p50"]
             print(f"{mode:>10}: bare RQ no-op jobs/s {[round(r) for r in rq_rates]}  pipeline replies/s "
                   f"{[round(r) for r in pipe_rates]}  median ratio {ratio:.2f}"
                   + (" (target >= 0.8)" if mode == "worker" else ""))
             out[mode] = {"bare_rq_jobs_per_s": summary(rq_rates), "pipeline_replies_per_s": summary(pipe_rates),
                          "ratio": ratio}
+            if backlog:  # per item, while the worker drained: the web is idle then
+                cost = {side: {k: summary([c[k] for c in costs])["p50"] for k in costs[0]}
+                        for side, costs in (("bare_rq", rq_costs), ("pipeline", pipe_costs))}
+                cost["worker_cpu_ratio"] = cost["bare_rq"]["worker_cpu_ms"] / cost["pipeline"]["worker_cpu_ms"]
+                out[mode]["per_item_median"] = cost
+                print(f"{'':>10}  per item (median): worker CPU {cost['bare_rq']['worker_cpu_ms']:.2f} ms vs "
+                      f"{cost['pipeline']['worker_cpu_ms']:.2f} ms (ratio {cost['worker_cpu_ratio']:.2f}), "
+                      f"Redis commands {cost['bare_rq']['redis_commands']:.0f} vs {cost['pipeline']['redis_commands']:.0f}")
         return out
     finally:
         stack.close()
