@@ -75,6 +75,23 @@ def conversation_persona(ext: "ChatApp", conv: dict[str, str]) -> Persona | None
     return persona
 
 
+def vet_request(ext: "ChatApp", request: ChatRequest) -> None:
+    """Run ``before_generation``; if a plugin refuses, the others let go of what they reserved."""
+    try:
+        ext.pm.hook.before_generation(request=request, host=ext.host)
+    except ChatAppError as err:
+        generation_refused(ext, request, err.code)
+        raise
+
+
+def generation_refused(ext: "ChatApp", request: ChatRequest, reason: str) -> None:
+    """Tell plugins that ``request`` passed ``before_generation`` but was not accepted."""
+    try:
+        ext.pm.hook.generation_refused(request=request, reason=reason, host=ext.host)
+    except Exception:  # a plugin's failure to release must not hide the refusal itself
+        log.exception("generation_refused failed for %s", request.message_id)
+
+
 def request_for_reply(ext: "ChatApp", mid: str, source: ReplySource | None = None) -> tuple[ChatRequest, Provider]:
     """The request a stored reply answers, rendered from its conversation as it stands: from
     ``source`` when the claim already read it, else read here."""
@@ -195,7 +212,7 @@ class ChatService:
         request = render_request(ext, conv, reply_mid, user.id, user.name, None, content, provider.id,
                                  conv.get("model") or ext.catalog.model_for(provider, None), merged, cache_mode,
                                  stored=new_conv is None)
-        ext.pm.hook.before_generation(request=request, host=ext.host)
+        vet_request(ext, request)
         cached: CachedReply | None = None
         if cache_mode == "use":
             cached = ext.pm.hook.get_cached_reply(request=request, host=ext.host)
@@ -225,6 +242,9 @@ class ChatService:
                         "meta": {"cost_saved_micros": cached.cost_saved_micros}},
             }
         out = ext.replies.send(user.id, conversation_id, user_mid, reply_mid, spec)
+        if out[0] != "ok":  # refused atomically after before_generation: plugins let go of holds
+            generation_refused(ext, request, {"duplicate": "duplicate", "not_found": "conversation_not_found",
+                                              "too_many": "too_many_generations"}.get(out[0], out[0]))
         if out[0] == "duplicate":
             return self._duplicate(out[1], fingerprint, client_message_id)
         if out[0] == "not_found":

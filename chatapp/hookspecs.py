@@ -64,6 +64,20 @@ def before_generation(request: "ChatRequest", host: "Host") -> None:
     """
 
 
+@hookspec
+def generation_refused(request: "ChatRequest", reason: str, host: "Host") -> None:
+    """Let go of what ``before_generation`` set aside for a request that is then not accepted.
+
+    Called in the web process, once, when a send or regenerate got past the start of
+    ``before_generation`` but nothing was stored for it after all: ``reason`` is the error code
+    the client gets (a later plugin's refusal such as ``budget_exhausted``,
+    ``too_many_generations``, ``conversation_not_found``, ...) or ``duplicate`` (a racing resend
+    with the same ``client_message_id``: the earlier send stands). ``request.message_id`` is the
+    id the reply would have had; no reply with it exists and ``after_generation`` never runs for
+    it. Every plugin hears it, including the one that refused. Exceptions are logged.
+    """
+
+
 @hookspec(firstresult=True)
 def price_generation(
     request: "ChatRequest", result: "GenerationResult", provider: "Provider | None", host: "Host"

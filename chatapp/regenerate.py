@@ -12,7 +12,9 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from chatapp.auth import User
-from chatapp.chat import Accepted, conversation_persona, queued_reply_fields, render_request, reply_params
+from chatapp.chat import (
+    Accepted, conversation_persona, generation_refused, queued_reply_fields, render_request, reply_params, vet_request,
+)
 from chatapp.errors import Conflict, NotFound, RateLimited
 from chatapp.ids import new_id, now_ms
 from chatapp.limits import check_rate
@@ -65,7 +67,7 @@ def regenerate(ext: "ChatApp", user: User, cid: str, expect_mid: str | None = No
     mid = new_id("m")
     request = render_request(ext, conv, mid, user.id, user.name, old_mid, None, provider.id,
                              conv.get("model") or ext.catalog.model_for(provider, None), merged, cache_mode)
-    ext.pm.hook.before_generation(request=request, host=ext.host)
+    vet_request(ext, request)
     job_id = ext.queue.first_job_id(mid)
     spec = {
         "reply_message": queued_reply_fields(request, old.get("reply_to", ""), job_id, now_ms()),
@@ -73,6 +75,10 @@ def regenerate(ext: "ChatApp", user: User, cid: str, expect_mid: str | None = No
         "max_active": int(config["MAX_ACTIVE_GENERATIONS"]),
     }
     out = ext.replies.regenerate(user.id, cid, old_mid if expect_mid else "", mid, spec)
+    if out[0] != "ok":  # refused atomically after before_generation: plugins let go of holds
+        generation_refused(ext, request, {"not_found": "conversation_not_found", "no_reply": "nothing_to_regenerate",
+                                          "not_last": "not_last_reply", "in_progress": "reply_in_progress",
+                                          "too_many": "too_many_generations"}.get(out[0], out[0]))
     if out[0] == "not_found":
         raise NotFound("No such conversation.", code="conversation_not_found")
     if out[0] == "no_reply":

@@ -3,7 +3,8 @@
 A send reserves an estimated cost (``before_generation``) in one Lua step that checks what was
 spent plus what is already reserved against the limits; the reply's end settles it
 (``after_generation``: the reservation is released and the real cost added), whether it was
-done, failed, stopped or cached. Reservations expire on their own if a reply never ends.
+done, failed, stopped or cached; a send refused after its reservation releases it at once
+(``generation_refused``). Reservations expire on their own if a reply never ends.
 Limits: ``CHATAPP_BUDGET_DAILY_USD`` / ``CHATAPP_BUDGET_MONTHLY_USD`` for everyone, overridden
 per user with ``PUT /api/v1/admin/budgets/<user_id>``.
 """
@@ -105,6 +106,15 @@ def before_generation(request: ChatRequest, host: Host) -> None:
             f"it resets at {resets.isoformat().replace('+00:00', 'Z')}.",
             details={"period": out[0], "limit_usd": limit / 1e6, "remaining_usd": int(out[1]) / 1e6,
                      "resets_at": resets.isoformat().replace("+00:00", "Z")})
+
+
+@hookimpl
+def generation_refused(request: ChatRequest, reason: str, host: Host) -> None:
+    """The send was refused after its hold was placed (a racing duplicate, the active-replies
+    limit, a later plugin): release the hold now rather than when it expires."""
+    day_key, month_key, reserved = keys(host, request.user_id, time.time())
+    host.redis.eval(SETTLE, 0, host.key("budget", "settled", request.message_id), day_key, month_key, reserved,
+                    request.message_id, 0)
 
 
 @hookimpl

@@ -93,3 +93,25 @@ def test_budget_route_validation(budget_app):
     assert c.put(f"/api/v1/admin/budgets/{user.id}", json={"daily_usd": "lots"}, headers=auth(admin)).status_code == 400
     assert c.put(f"/api/v1/admin/budgets/{user.id}", json={"weekly": 1}, headers=auth(admin)).status_code == 400
     assert c.put("/api/v1/admin/budgets/u_nobody", json={"daily_usd": 1}, headers=auth(admin)).status_code == 404
+
+
+def test_a_send_refused_after_its_hold_releases_it_at_once(app_config):
+    """Refusals the send script makes atomically (the active-replies limit, a racing duplicate)
+    come after before_generation placed the hold: without generation_refused it would block the
+    budget until it expired (~the job timeout)."""
+    app = make_app({**app_config, "BUDGET_DAILY_USD": 0.02, "BUDGET_RESERVE_USD": 0.01, "CACHE_ENABLED": False,
+                    "MAX_ACTIVE_GENERATIONS": 1})
+    try:
+        ext = app.extensions["chatapp"]
+        c = app.test_client()
+        user, key = ext.users.create("holder")
+        conv = c.post("/api/v1/conversations", json={}, headers=auth(key)).json["id"]
+        first = c.post(f"/api/v1/conversations/{conv}/messages", json={"content": "a"}, headers=auth(key))
+        assert first.status_code == 202
+        for _ in range(3):  # no worker: the first reply stays active, so each of these is refused
+            r = c.post(f"/api/v1/conversations/{conv}/messages", json={"content": "b"}, headers=auth(key))
+            assert r.status_code == 429 and r.json["error"]["code"] == "too_many_generations"
+        held = ext.redis.zrange(f"{ext.prefix}budget:reserved:{user.id}", 0, -1)
+        assert held == [f"{first.json['message_id']}|10000"]  # only the accepted send's hold
+    finally:
+        close_app(app)

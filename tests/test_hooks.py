@@ -173,3 +173,23 @@ def test_register_commands(build):
     app, _ = build(plugin_module("cmds", register_commands=lambda cli: cli.add_command(hello)))
     result = app.test_cli_runner().invoke(args=["hello-plugin"])
     assert result.exit_code == 0 and result.output == "hello from a plugin\n"
+
+
+def test_generation_refused_after_before_generation(build):
+    app, ext = build(recorder, MAX_ACTIVE_GENERATIONS=1)
+    user, key = ext.users.create("r")
+    c = app.test_client()
+    conv = c.post("/api/v1/conversations", json={}, headers=auth(key)).json["id"]
+    assert c.post(f"/api/v1/conversations/{conv}/messages", json={"content": "a"}, headers=auth(key)).status_code == 202
+    # the active-replies limit is checked atomically by the send script, after before_generation
+    assert c.post(f"/api/v1/conversations/{conv}/messages", json={"content": "b"}, headers=auth(key)).status_code == 429
+    vetted = [mid for name, mid in recorder.calls if name == "before_generation"]
+    refused = [args for name, args in recorder.calls if name == "generation_refused"]
+    assert refused == [(vetted[-1], "too_many_generations")]
+    # a plugin's own refusal is told to every plugin, so the others can release what they held
+    recorder.settings["refuse"] = True
+    assert c.post("/api/v1/chat", json={"message": "c"}, headers=auth(key)).status_code == 402
+    refused = [args for name, args in recorder.calls if name == "generation_refused"]
+    assert refused[-1] == (recorder.calls[-2][1], "budget_exhausted") and len(refused) == 2
+    # an accepted send is never reported refused
+    assert all(mid != vetted[0] for mid, _ in refused)

@@ -40,6 +40,11 @@ def before_generation(request):
 
 
 @hookimpl
+def generation_refused(request, reason):
+    calls.append(("generation_refused", (request.message_id, reason)))
+
+
+@hookimpl
 def get_cached_reply(request):
     calls.append(("get_cached_reply", request.message_id))
     text = settings.get("cached", {}).get(request.prompt_text)
