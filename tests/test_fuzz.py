@@ -120,6 +120,11 @@ def fuzz_env(redis_server: Any) -> Iterator[FuzzEnv]:
                                        headers=auth(key))
             assert r.status_code in (200, 201, 202), r.json
             env.batch_ids.append(r.json["id"])
+            # the bystander's reply is done; its after_generation (usage, budget, cache) runs
+            # shortly after, from the outbox: snapshot once that has happened too
+            deadline = time.monotonic() + 10
+            while ext.redis.xlen(f"{ext.prefix}finished") and time.monotonic() < deadline:
+                time.sleep(0.05)
             env.other_snapshot = env.other_keys()
             yield env
         finally:
