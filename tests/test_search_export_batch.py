@@ -94,6 +94,7 @@ def test_search_pages_with_the_cursor(client, user_key):
         cid = create_conv(client, user_key, f"Needle {i}" if i % 3 else f"hay {i}")
         if i % 3:
             expected.insert(0, cid)  # newest first
+        time.sleep(0.002)  # distinct millisecond timestamps: the order of a tie is unspecified
     first = search(client, user_key, "needle", limit=2)
     assert len(first["items"]) == 2 and first["next_cursor"]
     items, requests = search_all(client, user_key, "needle", limit=2)
