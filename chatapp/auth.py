@@ -23,8 +23,20 @@ class User:
     is_admin: bool = False
 
 
+def _user(h: dict[str, str]) -> User | None:
+    return User(h["id"], h["name"], h.get("is_admin") == "1") if h else None
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+#: a key's user record in one round trip (every API request authenticates)
+_USER_FOR_KEY = """
+local uid = redis.call('GET', KEYS[1])
+if not uid then return {} end
+return redis.call('HGETALL', ARGV[1] .. uid)
+"""
 
 
 class Users:
@@ -33,6 +45,7 @@ class Users:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.redis = client
         self.p = prefix
+        self._user_for_key = client.register_script(_USER_FOR_KEY)
 
     def create(self, name: str, admin: bool = False) -> tuple[User, str]:
         """Create a user; returns it with its new API key (the only time the key exists in clear)."""
@@ -58,14 +71,13 @@ class Users:
         return key
 
     def get(self, uid: str) -> User | None:
-        h = self.redis.hgetall(f"{self.p}user:{uid}")
-        return User(h["id"], h["name"], h.get("is_admin") == "1") if h else None
+        return _user(self.redis.hgetall(f"{self.p}user:{uid}"))
 
     def authenticate(self, key: str | None) -> User | None:
         if not key or len(key) > 200:
             return None
-        uid = self.redis.get(f"{self.p}apikey:{hash_key(key)}")
-        return self.get(uid) if uid else None
+        flat = self._user_for_key(keys=[f"{self.p}apikey:{hash_key(key)}"], args=[f"{self.p}user:"])
+        return _user(dict(zip(flat[::2], flat[1::2])))
 
 
 def bearer_token() -> str | None:
