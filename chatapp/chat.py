@@ -242,16 +242,18 @@ class ChatService:
                         "meta": {"cost_saved_micros": cached.cost_saved_micros}},
             }
         out = ext.replies.send(user.id, conversation_id, user_mid, reply_mid, spec)
-        if out[0] != "ok":  # refused atomically after before_generation: plugins let go of holds
-            generation_refused(ext, request, {"duplicate": "duplicate", "not_found": "conversation_not_found",
-                                              "too_many": "too_many_generations"}.get(out[0], out[0]))
+        # a refusal here comes after before_generation: plugins are told, to let go of holds
         if out[0] == "duplicate":
+            generation_refused(ext, request, "duplicate")
             return self._duplicate(out[1], fingerprint, client_message_id)
-        if out[0] == "not_found":
-            raise NotFound("No such conversation.", code="conversation_not_found")
-        if out[0] == "too_many":
-            raise RateLimited(f"You have {self.config['MAX_ACTIVE_GENERATIONS']} replies in progress; wait for one "
-                              "to finish (or stop one) and send again.", code="too_many_generations", retry_after=2)
+        if out[0] != "ok":
+            error: ChatAppError = NotFound("No such conversation.", code="conversation_not_found")
+            if out[0] == "too_many":
+                error = RateLimited(f"You have {self.config['MAX_ACTIVE_GENERATIONS']} replies in progress; wait "
+                                    "for one to finish (or stop one) and send again.", code="too_many_generations",
+                                    retry_after=2)
+            generation_refused(ext, request, error.code)
+            raise error
         if cached is None:
             try:
                 ext.queue.enqueue(reply_mid, job_id, batch=batch_id is not None)

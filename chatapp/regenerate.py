@@ -15,7 +15,7 @@ from chatapp.auth import User
 from chatapp.chat import (
     Accepted, conversation_persona, generation_refused, queued_reply_fields, render_request, reply_params, vet_request,
 )
-from chatapp.errors import Conflict, NotFound, RateLimited
+from chatapp.errors import ChatAppError, Conflict, NotFound, RateLimited
 from chatapp.ids import new_id, now_ms
 from chatapp.limits import check_rate
 from chatapp.schemas import check_params
@@ -34,6 +34,20 @@ def not_last(last_mid: str) -> Conflict:
 def in_progress(mid: str) -> Conflict:
     return Conflict("The last reply is still being generated; stop it or wait for it to finish.",
                     code="reply_in_progress", details={"message_id": mid})
+
+
+def refusal(out: list[str], max_active: int) -> ChatAppError:
+    """The error for the regenerate script's refusal ``out``."""
+    if out[0] == "not_found":
+        return NotFound("No such conversation.", code="conversation_not_found")
+    if out[0] == "no_reply":
+        return Conflict("This conversation has no reply to regenerate yet.", code="nothing_to_regenerate")
+    if out[0] == "not_last":
+        return not_last(out[1])
+    if out[0] == "in_progress":
+        return in_progress(out[1])
+    return RateLimited(f"You have {max_active} replies in progress; wait for one to finish (or stop one) and "
+                       "try again.", code="too_many_generations", retry_after=2)
 
 
 def regenerate(ext: "ChatApp", user: User, cid: str, expect_mid: str | None = None,
@@ -76,20 +90,9 @@ def regenerate(ext: "ChatApp", user: User, cid: str, expect_mid: str | None = No
     }
     out = ext.replies.regenerate(user.id, cid, old_mid if expect_mid else "", mid, spec)
     if out[0] != "ok":  # refused atomically after before_generation: plugins let go of holds
-        generation_refused(ext, request, {"not_found": "conversation_not_found", "no_reply": "nothing_to_regenerate",
-                                          "not_last": "not_last_reply", "in_progress": "reply_in_progress",
-                                          "too_many": "too_many_generations"}.get(out[0], out[0]))
-    if out[0] == "not_found":
-        raise NotFound("No such conversation.", code="conversation_not_found")
-    if out[0] == "no_reply":
-        raise Conflict("This conversation has no reply to regenerate yet.", code="nothing_to_regenerate")
-    if out[0] == "not_last":
-        raise not_last(out[1])
-    if out[0] == "in_progress":
-        raise in_progress(out[1])
-    if out[0] == "too_many":
-        raise RateLimited(f"You have {config['MAX_ACTIVE_GENERATIONS']} replies in progress; wait for one "
-                          "to finish (or stop one) and try again.", code="too_many_generations", retry_after=2)
+        error = refusal(out, int(config["MAX_ACTIVE_GENERATIONS"]))
+        generation_refused(ext, request, error.code)
+        raise error
     try:
         ext.queue.enqueue(mid, job_id)
     except Exception:  # the reply is stored with a lease: the reaper enqueues it

@@ -157,19 +157,20 @@ class Replies:
     def append_many(self, writes: list[tuple[str, str, list[tuple[str, dict[str, Any], str]]]]) -> list[Any]:
         """Several runs' appends, (mid, token, events) each, in one round trip. Returns per write
         its last seq, -1 if that run was fenced out, or the error it hit."""
-        script = self.scripts.append
-        for attempt in (1, 2):
-            with self.redis.pipeline(transaction=False) as pipe:
-                for mid, token, events in writes:
-                    # EVALSHA directly: a Script in a pipeline costs a SCRIPT EXISTS round trip each time
-                    pipe.evalsha(script.sha, 0, *self._append_args(mid, token, events))
-                out = pipe.execute(raise_on_error=False)
-            if attempt == 1 and any(isinstance(o, redis.exceptions.NoScriptError) for o in out):
-                # Redis lost its script cache (a restart): nothing was written; load it and write again
-                script.sha = self.redis.script_load(script.script)
-                continue
-            return out
+        out = self._pipelined_appends(writes)
+        missing = [i for i, o in enumerate(out) if isinstance(o, redis.exceptions.NoScriptError)]
+        if missing:  # Redis lost its script cache (a restart): those were not written; load it, write them
+            self.redis.script_load(self.scripts.append.script)
+            for i, retried in zip(missing, self._pipelined_appends([writes[i] for i in missing])):
+                out[i] = retried
         return out
+
+    def _pipelined_appends(self, writes: list[tuple[str, str, list[tuple[str, dict[str, Any], str]]]]) -> list[Any]:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for mid, token, events in writes:
+                # EVALSHA directly: a Script in a pipeline costs a SCRIPT EXISTS round trip each time
+                pipe.evalsha(self.scripts.append.sha, 0, *self._append_args(mid, token, events))
+            return pipe.execute(raise_on_error=False)
 
     def _append_args(self, mid: str, token: str, events: list[tuple[str, dict[str, Any], str]]) -> list[Any]:
         args: list[Any] = [self.prefix, mid, token]
