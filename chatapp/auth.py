@@ -12,6 +12,7 @@ from flask import current_app, g, request
 
 from chatapp.errors import Conflict, Forbidden, Unauthorized
 from chatapp.ids import new_id, now_ms
+from chatapp.redis_client import pairs
 
 KEY_PREFIX = "ck_"
 
@@ -77,7 +78,7 @@ class Users:
         if not key or len(key) > 200:
             return None
         flat = self._user_for_key(keys=[f"{self.p}apikey:{hash_key(key)}"], args=[f"{self.p}user:"])
-        return _user(dict(zip(flat[::2], flat[1::2])))
+        return _user(pairs(flat))
 
 
 def bearer_token() -> str | None:

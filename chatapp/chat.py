@@ -95,16 +95,17 @@ def generation_refused(ext: "ChatApp", request: ChatRequest, reason: str) -> Non
 def request_for_reply(ext: "ChatApp", mid: str, source: ReplySource | None = None) -> tuple[ChatRequest, Provider]:
     """The request a stored reply answers, rendered from its conversation as it stands: from
     ``source`` when the claim already read it, else read here."""
-    if source is None:
+    if source is not None:
+        h, conv, user_name = source.record, source.conversation, source.user_name
+    else:
         h = ext.redis.hgetall(f"{ext.prefix}msg:{mid}")
         conv = ext.redis.hgetall(f"{ext.prefix}conv:{h.get('conversation_id')}") if h else {}
         user = ext.users.get(h["user_id"]) if h and conv else None
-        source = ReplySource(h, conv, user.name if user else "", [], -1)
-    h, conv = source.record, source.conversation
+        user_name = user.name if user else ""
     if not h or not conv:
         raise GenerationLost("The conversation was deleted.", code="conversation_deleted")
     provider = ext.catalog.provider(h.get("provider"))
-    request = render_request(ext, conv, mid, h["user_id"], source.user_name or "User", mid, None,
+    request = render_request(ext, conv, mid, h["user_id"], user_name or "User", mid, None,
                              provider.id, h.get("model", ""), json.loads(h.get("params") or "{}"), h.get("cache", "use"),
                              preread=source)
     return request, provider

@@ -18,6 +18,11 @@ POOL_TIMEOUT_S = 5
 SOCKET_TIMEOUT_S = 10
 
 
+def pairs(flat: list[Any]) -> dict[Any, Any]:
+    """A flat [field, value, ...] reply (HGETALL inside a script) as a dict."""
+    return dict(zip(flat[::2], flat[1::2]))
+
+
 @dataclass
 class RedisClients:
     text: redis.Redis

@@ -16,16 +16,13 @@ import redis
 from chatapp.errors import ChatAppError, GenerationLost
 from chatapp.ids import now_ms
 from chatapp.models import CANCELLED, DONE, FAILED, GenerationResult, Usage
+from chatapp.redis_client import pairs
 from chatapp.scripts import Scripts
 from chatapp.store import HISTORY_MAX_MESSAGES, turns_oldest_first
 
 
 class FencedOut(Exception):
     """This job run no longer owns the reply (it finished, was deleted, or another run took it)."""
-
-
-def _pairs(flat: list[str]) -> dict[str, str]:
-    return dict(zip(flat[::2], flat[1::2]))
 
 
 @dataclass
@@ -144,7 +141,7 @@ class Replies:
         ])
         if out[0] != "ok":
             return Claim(out[0])
-        source = ReplySource(_pairs(out[4]), _pairs(out[5]), out[6], turns_oldest_first(out[7]), self.history_budget)
+        source = ReplySource(pairs(out[4]), pairs(out[5]), out[6], turns_oldest_first(out[7]), self.history_budget)
         return Claim("ok", int(out[1]), out[2], json.loads(out[3]) if out[3] else {}, source)
 
     def append(self, mid: str, token: str, events: list[tuple[str, dict[str, Any], str]]) -> int:

@@ -27,6 +27,11 @@ def turns_oldest_first(flat: list[str]) -> list[dict[str, str]]:
     turns = [{"role": flat[i], "content": flat[i + 1], "state": flat[i + 2]} for i in range(0, len(flat), 3)]
     return list(reversed(turns))
 
+def _is_live(h: dict[str, str]) -> bool:
+    """A reply still being written: its text so far is in the ``:partial`` key."""
+    return h["role"] == "assistant" and h["state"] in ("queued", "generating")
+
+
 MESSAGE_FIELDS_HIDDEN = {"owner", "cancel", "partial", "provider_state", "seq", "msg_counter"}
 
 
@@ -207,21 +212,15 @@ class Store:
                 pipe.hgetall(f"{self.p}msg:{mid}")
                 pipe.get(f"{self.p}msg:{mid}:partial")
             out = pipe.execute()
-        views = []
-        for h, partial in zip(out[::2], out[1::2]):
-            if not h or h.get("user_id") != uid:
-                raise NotFound("No such message.", code="message_not_found")
-            live = h["role"] == "assistant" and h["state"] in ("queued", "generating")
-            versions = (self.redis.lrange(f"{self.p}msg:{h['versions_of']}:versions", 0, -1)
-                        if h.get("versions_of") else None)
-            views.append(message_resource(h, (partial or "") if live else None, versions))
-        return views
+        if any(not h or h.get("user_id") != uid for h in out[::2]):
+            raise NotFound("No such message.", code="message_not_found")
+        return [self._view(h, partial) for h, partial in zip(out[::2], out[1::2])]
 
     def message_view(self, h: dict[str, str]) -> dict[str, Any]:
         """The API view; a live reply's text and ``seq`` come from one atomic read, so a client
         that resumes from that ``seq`` gets exactly the rest."""
         partial = None
-        if h["role"] == "assistant" and h["state"] in ("queued", "generating"):
+        if _is_live(h):
             key = f"{self.p}msg:{h['id']}"
             with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hgetall(key)
@@ -229,14 +228,14 @@ class Store:
                 fresh, partial = pipe.execute()
             if fresh:
                 h = fresh
-            if h["state"] not in ("queued", "generating"):
-                partial = None  # it finished in between: content is final
-            else:
-                partial = partial or ""
-        versions = None
-        if h.get("versions_of"):
-            versions = self.redis.lrange(f"{self.p}msg:{h['versions_of']}:versions", 0, -1)
-        return message_resource(h, partial, versions)
+        return self._view(h, partial)
+
+    def _view(self, h: dict[str, str], partial: str | None) -> dict[str, Any]:
+        """The view of record ``h`` with ``partial``, the text read atomically with it (used only
+        while the reply is live: once finished, its content is final)."""
+        versions = (self.redis.lrange(f"{self.p}msg:{h['versions_of']}:versions", 0, -1)
+                    if h.get("versions_of") else None)
+        return message_resource(h, (partial or "") if _is_live(h) else None, versions)
 
     def list_messages(self, uid: str, cid: str, limit: int, before: str | None) -> dict[str, Any]:
         """A page of messages in chronological order, ending just before ``before`` (a message id)."""
