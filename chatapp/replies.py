@@ -21,6 +21,10 @@ from chatapp.scripts import Scripts
 from chatapp.store import HISTORY_MAX_MESSAGES, turns_oldest_first
 
 
+#: one stream event as a run writes it: (type, data, the text it adds to the reply)
+Event = tuple[str, dict[str, Any], str]
+
+
 class FencedOut(Exception):
     """This job run no longer owns the reply (it finished, was deleted, or another run took it)."""
 
@@ -48,6 +52,14 @@ class Claim:
 
 def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _event_args(events: list[Event]) -> list[str]:
+    """Events as the append and finish scripts take them: (type, data JSON, text) triples, flat."""
+    args: list[str] = []
+    for event_type, data, text in events:
+        args += [event_type, _json(data), text]
+    return args
 
 
 def terminal(
@@ -144,14 +156,14 @@ class Replies:
         source = ReplySource(pairs(out[4]), pairs(out[5]), out[6], turns_oldest_first(out[7]), self.history_budget)
         return Claim("ok", int(out[1]), out[2], json.loads(out[3]) if out[3] else {}, source)
 
-    def append(self, mid: str, token: str, events: list[tuple[str, dict[str, Any], str]]) -> int:
+    def append(self, mid: str, token: str, events: list[Event]) -> int:
         """Append (type, data, text) events; raises ``FencedOut`` if this run lost the reply."""
-        seq = self.scripts.append(args=self._append_args(mid, token, events))
+        seq = self.scripts.append(args=[self.prefix, mid, token, *_event_args(events)])
         if seq == -1:
             raise FencedOut(mid)
         return seq
 
-    def append_many(self, writes: list[tuple[str, str, list[tuple[str, dict[str, Any], str]]]]) -> list[Any]:
+    def append_many(self, writes: list[tuple[str, str, list[Event]]]) -> list[Any]:
         """Several runs' appends, (mid, token, events) each, in one round trip. Returns per write
         its last seq, -1 if that run was fenced out, or the error it hit."""
         out = self._pipelined_appends(writes)
@@ -162,24 +174,19 @@ class Replies:
                 out[i] = retried
         return out
 
-    def _pipelined_appends(self, writes: list[tuple[str, str, list[tuple[str, dict[str, Any], str]]]]) -> list[Any]:
+    def _pipelined_appends(self, writes: list[tuple[str, str, list[Event]]]) -> list[Any]:
         with self.redis.pipeline(transaction=False) as pipe:
             for mid, token, events in writes:
                 # EVALSHA directly: a Script in a pipeline costs a SCRIPT EXISTS round trip each time
-                pipe.evalsha(self.scripts.append.sha, 0, *self._append_args(mid, token, events))
+                pipe.evalsha(self.scripts.append.sha, 0, self.prefix, mid, token, *_event_args(events))
             return pipe.execute(raise_on_error=False)
-
-    def _append_args(self, mid: str, token: str, events: list[tuple[str, dict[str, Any], str]]) -> list[Any]:
-        args: list[Any] = [self.prefix, mid, token]
-        for event_type, data, text in events:
-            args += [event_type, _json(data), text]
-        return args
 
     def save_state(self, mid: str, token: str, state: dict[str, Any]) -> None:
         self.scripts.save_state(args=[self.prefix, mid, token, _json(state)])
 
-    def finish(self, mid: str, token: str, result: GenerationResult) -> bool:
-        """End the reply with ``result``; True only for the one run that did it."""
+    def finish(self, mid: str, token: str, result: GenerationResult, events: list[Event] | None = None) -> bool:
+        """Write the run's last ``events``, then end the reply with ``result``, in one step; True
+        only for the one run that did it (a fenced-out run writes nothing)."""
         error = None
         if result.state == FAILED:
             err = result.error or {}
@@ -195,7 +202,7 @@ class Replies:
                   "started_at": result.started_at, "finished_at": result.finished_at,
                   "cost_breakdown": result.cost.breakdown if result.cost else {}},
         )
-        return self.scripts.finish(args=[self.prefix, mid, token, fin]) != -1
+        return self.scripts.finish(args=[self.prefix, mid, token, fin, *_event_args(events or [])]) != -1
 
     def renew(self, worker_id: str, held: dict[str, str], worker_ttl_ms: int) -> dict[str, str]:
         """Renew leases of ``held`` {mid: token}; returns {mid: 'ok'|'cancel'|'lost'}."""

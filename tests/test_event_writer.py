@@ -139,6 +139,58 @@ def test_the_writer_reloads_a_script_redis_forgot(ext, writer):
         ext.replies.scripts.__init__(ext.redis, int(ext.config["FIREHOSE_MAXLEN"]))  # reload for the rest
 
 
+def test_a_runs_last_events_go_out_with_its_finish(ext):
+    w = EventWriter(ext.replies)  # not started: nothing is taken from the run behind its back
+    _, mid = queued(ext)
+    run = w.for_run(mid)
+    ext.replies.claim(mid, run.token)
+    before = ext.redis.xlen(f"{ext.prefix}ev:{mid}")
+    run.append([("status", {"state": "generating"}, ""), ("delta", {"text": "all "}, "all ")])
+    run.append([("delta", {"text": "at once"}, "at once")])
+    rest = run.take_rest()
+    assert [e[0] for e in rest] == ["status", "delta", "delta"]
+    w.write([run])  # the writer finds the run queued with nothing left to write
+    assert ext.redis.xlen(f"{ext.prefix}ev:{mid}") == before
+    assert ext.replies.finish(mid, run.token, _done(mid), rest)
+    types = [f["t"] for _i, f in ext.redis.xrange(f"{ext.prefix}ev:{mid}")][before:]
+    assert types == ["status", "delta", "delta", "done"]
+    assert ext.redis.hget(f"{ext.prefix}msg:{mid}", "content") == "all at once"
+
+
+def test_take_rest_waits_for_the_events_the_writer_holds_and_keeps_their_order(ext, writer, monkeypatch):
+    _, mid = queued(ext)
+    run = writer.for_run(mid)
+    ext.replies.claim(mid, run.token)
+    taken, gate = threading.Event(), threading.Event()
+    real_append_many = ext.replies.append_many  # the writer has taken the run's events by then
+    monkeypatch.setattr(ext.replies, "append_many", lambda writes: (taken.set(), gate.wait(5),
+                                                                     real_append_many(writes))[-1])
+    run.append([("delta", {"text": "first "}, "first ")])
+    assert taken.wait(5)
+    run.append([("delta", {"text": "second"}, "second")])  # waits in the run while the first is written
+    rest: list = []
+    taker = threading.Thread(target=lambda: rest.extend(run.take_rest()))
+    taker.start()
+    time.sleep(0.2)
+    assert taker.is_alive()  # still waiting for the writer
+    gate.set()
+    taker.join(5)
+    # "second" went out either with the writer's next batch or comes back to go with the finish:
+    # each event exactly once, in order
+    written = ext.redis.get(f"{ext.prefix}msg:{mid}:partial")
+    assert (written, [e[2] for e in rest]) in (("first ", ["second"]), ("first second", []))
+    assert ext.replies.finish(mid, run.token, _done(mid), rest)
+    assert ext.redis.hget(f"{ext.prefix}msg:{mid}", "content") == "first second"
+
+
+def test_a_fenced_out_finish_writes_none_of_its_events(ext):
+    _, mid = queued(ext)
+    ext.replies.claim(mid, "mine")
+    ext.redis.hset(f"{ext.prefix}msg:{mid}", "owner", "someone-else")
+    assert not ext.replies.finish(mid, "mine", _done(mid), [("delta", {"text": "late"}, "late")])
+    assert deltas(ext, mid) == []
+
+
 def test_claim_brings_the_request_source_and_renders_like_a_fresh_read(ext):
     user, mid = queued(ext, "first question")
     token = "t1"

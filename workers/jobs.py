@@ -20,7 +20,7 @@ from chatapp.errors import ChatAppError, GenerationLost, ProviderTimeout
 from chatapp.models import (
     CANCELLED, DONE, FAILED, ChatRequest, GenerationContext, GenerationResult, Message, Provider, Step, Usage,
 )
-from chatapp.replies import Claim, FencedOut
+from chatapp.replies import Claim, Event, FencedOut
 from workers import runtime
 from workers.event_writer import RunWrites
 from workers.finisher import RENDERED
@@ -47,6 +47,7 @@ class ReplyRun:
     def __init__(self, ext: "ChatApp", keeper: "LeaseKeeper", writes: RunWrites, mid: str) -> None:
         self.ext, self.keeper, self.writes, self.mid = ext, keeper, writes, mid
         self.token = writes.token
+        self.unwritten: list[Event] = []  # the run's last events: they go out with its finish
 
     def run(self) -> str:
         reply_context.set({"message_id": self.mid})
@@ -108,7 +109,8 @@ class ReplyRun:
             except Exception:
                 log.exception("reply %s: provider %s crashed", self.mid, provider.id)
                 result.state, result.error = FAILED, ChatAppError().to_dict()["error"]
-            self.writes.wait()  # however it ended, every event is stored before the reply may finish
+            # however it ended, every event is stored before or with the finish
+            self.unwritten = self.writes.take_rest()
         except FencedOut:
             log.warning("reply %s: this run lost ownership; stopping its provider", self.mid)
             self.keeper.stop_generation(self.mid, "fenced", self.token)  # tells the provider once
@@ -134,7 +136,7 @@ class ReplyRun:
                                                   host=self.ext.host)
         except Exception:
             log.exception("price_generation failed for %s; recording no cost", self.mid)
-        if not self.ext.replies.finish(self.mid, self.token, result):
+        if not self.ext.replies.finish(self.mid, self.token, result, self.unwritten):
             return "fenced"
         log_finished(result, request)
         return result.state  # after_generation runs from the finished-replies outbox (finisher.py)
@@ -222,7 +224,7 @@ class PartStream:
                     log.warning("reply %s: provider %s kept streaming after Stop", self.run_.mid, provider.id)
                     break
                 continue
-            events: list[tuple[str, dict[str, Any], str]] = []
+            events: list[Event] = []
             if chunk.status and chunk.status != self.status_sent:
                 self.status_sent = chunk.status
                 events.append(("status", {"state": chunk.status}, ""))
