@@ -54,12 +54,9 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def _event_args(events: list[Event]) -> list[str]:
-    """Events as the append and finish scripts take them: (type, data JSON, text) triples, flat."""
-    args: list[str] = []
-    for event_type, data, text in events:
-        args += [event_type, _json(data), text]
-    return args
+def _events_json(events: list[Event]) -> str:
+    """Events as the append and finish scripts take them: a JSON array of [type, data JSON, text]."""
+    return _json([[event_type, _json(data), text] for event_type, data, text in events])
 
 
 def terminal(
@@ -114,6 +111,9 @@ class Replies:
         self.max_attempts = int(config["MAX_ATTEMPTS"])
         self.stream_ttl = int(config["STREAM_TTL_S"])
         self.history_budget = int(config["HISTORY_TOKEN_BUDGET"])
+        # what claim and reap end a reply with when they must: the same each time but for the
+        # time, which those scripts fill in, so they are encoded once
+        self._fallback_fins = [self._lost_fin(), self._fin(CANCELLED, finish_reason="cancelled")]
 
     # -- fins -----------------------------------------------------------------------------
     def _fin(self, state: str, **kwargs: Any) -> str:
@@ -147,8 +147,7 @@ class Replies:
     def claim(self, mid: str, token: str) -> Claim:
         """Take the reply for this run and read what its request is rendered from, in one step."""
         out = self.scripts.claim(args=[
-            self.prefix, mid, token, now_ms(), self.lease_ms, self.max_attempts,
-            self._lost_fin(), self._fin(CANCELLED, finish_reason="cancelled"),
+            self.prefix, mid, token, now_ms(), self.lease_ms, self.max_attempts, *self._fallback_fins,
             self.history_budget, HISTORY_MAX_MESSAGES,
         ])
         if out[0] != "ok":
@@ -158,7 +157,7 @@ class Replies:
 
     def append(self, mid: str, token: str, events: list[Event]) -> int:
         """Append (type, data, text) events; raises ``FencedOut`` if this run lost the reply."""
-        seq = self.scripts.append(args=[self.prefix, mid, token, *_event_args(events)])
+        seq = self.scripts.append(args=[self.prefix, mid, token, _events_json(events)])
         if seq == -1:
             raise FencedOut(mid)
         return seq
@@ -178,7 +177,7 @@ class Replies:
         with self.redis.pipeline(transaction=False) as pipe:
             for mid, token, events in writes:
                 # EVALSHA directly: a Script in a pipeline costs a SCRIPT EXISTS round trip each time
-                pipe.evalsha(self.scripts.append.sha, 0, self.prefix, mid, token, *_event_args(events))
+                pipe.evalsha(self.scripts.append.sha, 0, self.prefix, mid, token, _events_json(events))
             return pipe.execute(raise_on_error=False)
 
     def save_state(self, mid: str, token: str, state: dict[str, Any]) -> None:
@@ -202,7 +201,7 @@ class Replies:
                   "started_at": result.started_at, "finished_at": result.finished_at,
                   "cost_breakdown": result.cost.breakdown if result.cost else {}},
         )
-        return self.scripts.finish(args=[self.prefix, mid, token, fin, *_event_args(events or [])]) != -1
+        return self.scripts.finish(args=[self.prefix, mid, token, fin, _events_json(events or [])]) != -1
 
     def renew(self, worker_id: str, held: dict[str, str], worker_ttl_ms: int) -> dict[str, str]:
         """Renew leases of ``held`` {mid: token}; returns {mid: 'ok'|'cancel'|'lost'}."""
@@ -219,7 +218,6 @@ class Replies:
 
     def reap(self, mid: str) -> str:
         out = self.scripts.reap(args=[
-            self.prefix, mid, now_ms(), self.grace_ms, self.max_attempts,
-            self._lost_fin(), self._fin(CANCELLED, finish_reason="cancelled"),
+            self.prefix, mid, now_ms(), self.grace_ms, self.max_attempts, *self._fallback_fins,
         ])
         return out[0]

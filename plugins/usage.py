@@ -24,24 +24,18 @@ from chatapp.models import ChatRequest, Feedback, GenerationResult
 from plugins.budgets import budget_status
 from plugins.cache import cache_stats
 
+#: ARGV: the reply's guard key, its TTL, the increments and the log entry (JSON arrays of names
+#: and values, flat: one argument each rather than two per field, which redis-py packs one by one),
+#: the log stream, then the hashes to increment
 RECORD_ONCE = """
 if not redis.call('SET', ARGV[1], '1', 'NX', 'EX', ARGV[2]) then return 0 end
-local nkeys = tonumber(ARGV[3])
-local pairs_at = 4 + nkeys
-for i = 4, 3 + nkeys do
-  for j = pairs_at, #ARGV - 1, 2 do
-    if ARGV[j] == '--log--' then break end
-    redis.call('HINCRBY', ARGV[i], ARGV[j], ARGV[j + 1])
+local inc = cjson.decode(ARGV[3])
+for i = 6, #ARGV do
+  for j = 1, #inc, 2 do
+    redis.call('HINCRBY', ARGV[i], inc[j], inc[j + 1])
   end
 end
-for j = pairs_at, #ARGV do
-  if ARGV[j] == '--log--' then
-    local fields = {}
-    for k = j + 2, #ARGV do fields[#fields + 1] = ARGV[k] end
-    redis.call('XADD', ARGV[j + 1], 'MAXLEN', '~', 1000000, '*', unpack(fields))
-    break
-  end
-end
+redis.call('XADD', ARGV[5], 'MAXLEN', '~', 1000000, '*', unpack(cjson.decode(ARGV[4])))
 return 1
 """
 COUNTERS = ("replies", "done", "failed", "cancelled", "cached", "cost_micros", "cost_saved_micros", "input_tokens",
@@ -83,14 +77,12 @@ def after_generation(request: ChatRequest, result: GenerationResult, host: Host)
            "ttft_ms": inc.get("ttft_ms_sum", ""), "total_ms": inc.get("total_ms_sum", ""),
            "finish_reason": result.finish_reason or "", **{k: inc[k] for k in ("cost_micros", "cost_saved_micros",
            "input_tokens", "output_tokens", "reply_chars", "prompt_chars")}}
-    args: list[Any] = [host.key("usage", "seen", result.message_id), 30 * 86400, len(keys), *keys]
-    for name, amount in inc.items():
-        if amount:  # most counters are 0 for a given reply; skip the no-op writes
-            args += [name, amount]
-    args += ["--log--", host.key("usage", "log")]
-    for name in LOG_FIELDS:
-        args += [name, log[name]]
-    host.redis.eval(RECORD_ONCE, 0, *args)
+    # most counters are 0 for a given reply; skip the no-op writes. Values go as strings: Lua
+    # numbers would print large ones as 1e+14
+    counts = [str(x) for name, amount in inc.items() if amount for x in (name, amount)]
+    fields = [str(x) for name in LOG_FIELDS for x in (name, log[name])]
+    host.redis.eval(RECORD_ONCE, 0, host.key("usage", "seen", result.message_id), 30 * 86400,
+                    json.dumps(counts), json.dumps(fields), host.key("usage", "log"), *keys)
 
 
 @hookimpl

@@ -40,10 +40,21 @@ local function append_event(mid, t, data, text)
   return seq
 end
 
+-- Events as the append and finish scripts take them: one JSON array of [type, data_json, text]
+-- (one argument, not three per event: packing arguments is most of a writer's CPU in redis-py).
+local function append_events(mid, events_json)
+  local seq = 0
+  for _, e in ipairs(cjson.decode(events_json)) do
+    seq = append_event(mid, e[1], e[2], e[3])
+  end
+  return seq
+end
+
 -- Ends a reply: the stored content is exactly the concatenated deltas, the terminal event is
 -- written after the record so a reader that sees it finds the final message, and the
 -- conversation's totals move in the same step.
-local function finalize(mid, fin)
+local function finalize(mid, fin, now)
+  if now then fin.now = now end  -- a fin encoded ahead of time gets the time of its use
   local key = mkey(mid)
   local content = redis.call('GET', key .. ':partial') or ''
   redis.call('HSET', key, 'state', fin.state, 'content', content, 'finish_reason', fin.finish_reason,

@@ -1,7 +1,7 @@
 -- A job run takes ownership of a reply (a fencing token), unless it is finished or another live
 -- run holds it. On success it also returns what the job renders its request from, read in the same
 -- step: the reply's record, its conversation, the user's name and the turns before it.
--- ARGV: P, mid, token, now_ms, lease_ms, max_attempts, failed_fin_json, cancelled_fin_json,
+-- ARGV: P, mid, token, now_ms, lease_ms, max_attempts, failed_fin_json, cancelled_fin_json (their times are now_ms),
 -- history_budget_tokens, history_max_messages
 local mid, token, now = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local lease_ms, max_attempts = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -15,11 +15,11 @@ if owner and owner ~= '' then
   if deadline and tonumber(deadline) > now then return {'busy'} end
 end
 if cancel == '1' then
-  finalize(mid, cjson.decode(ARGV[8]))
+  finalize(mid, cjson.decode(ARGV[8]), now)
   return {'cancelled'}
 end
 if attempt >= max_attempts then
-  finalize(mid, cjson.decode(ARGV[7]))
+  finalize(mid, cjson.decode(ARGV[7]), now)
   return {'failed'}
 end
 attempt = attempt + 1

@@ -1,5 +1,5 @@
 -- Decide what to do with a reply whose lease deadline passed.
--- ARGV: P, mid, now_ms, grace_ms, max_attempts, failed_fin_json, cancelled_fin_json
+-- ARGV: P, mid, now_ms, grace_ms, max_attempts, failed_fin_json, cancelled_fin_json (their times are now_ms)
 local mid, now, grace = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local score = redis.call('ZSCORE', P .. 'leases', mid)
 if not score or tonumber(score) > now then return {'skip'} end
@@ -10,7 +10,7 @@ if not h[1] or is_terminal(h[1]) then
   return {'cleaned'}
 end
 if h[3] == '1' then
-  finalize(mid, cjson.decode(ARGV[7]))
+  finalize(mid, cjson.decode(ARGV[7]), now)
   return {'cancelled'}
 end
 redis.call('ZADD', P .. 'leases', now + grace, mid)
@@ -18,7 +18,7 @@ if h[2] and h[2] ~= '' then
   -- its worker stopped renewing: fence that run out
   redis.call('HSET', key, 'owner', '')
   if tonumber(h[4] or '0') >= tonumber(ARGV[5]) then
-    finalize(mid, cjson.decode(ARGV[6]))
+    finalize(mid, cjson.decode(ARGV[6]), now)
     return {'failed'}
   end
   return {'requeue'}
