@@ -6,6 +6,7 @@ from chatapp.models import (
     Chunk,
     Cost,
     Feedback,
+    FinishedReply,
     GenerationContext,
     GenerationResult,
     Message,
@@ -17,8 +18,8 @@ from chatapp.models import (
 )
 
 __all__ = [
-    "hookimpl", "create_app", "CachedReply", "ChatRequest", "Chunk", "Cost", "Feedback", "GenerationContext",
-    "GenerationResult", "Message", "ModelInfo", "Persona", "Provider", "Step", "Usage",
+    "hookimpl", "create_app", "CachedReply", "ChatRequest", "Chunk", "Cost", "Feedback", "FinishedReply",
+    "GenerationContext", "GenerationResult", "Message", "ModelInfo", "Persona", "Provider", "Step", "Usage",
 ]
 
 

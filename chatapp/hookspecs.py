@@ -17,7 +17,9 @@ import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover
     from chatapp.host import Host
-    from chatapp.models import CachedReply, ChatRequest, Cost, Feedback, GenerationResult, Persona, Provider
+    from chatapp.models import (
+        CachedReply, ChatRequest, Cost, Feedback, FinishedReply, GenerationResult, Persona, Provider,
+    )
 
 PROJECT = "chatapp"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -102,6 +104,21 @@ def after_generation(request: "ChatRequest", result: "GenerationResult", host: "
     group. If a worker dies mid-hook another runs it again after 60 s, so make it idempotent.
     ``request`` is re-rendered from the stored conversation and ``result`` read back from the
     stored reply. Exceptions are logged and do not affect the reply.
+    """
+
+
+@hookspec
+def after_generation_batch(replies: "list[FinishedReply]", host: "Host") -> None:
+    """The batch form of ``after_generation``: the same finished replies, many at a time, for
+    bookkeeping that costs one Redis round trip for a whole batch instead of one per reply (the
+    built-in usage and budget plugins use it). Implement this or ``after_generation``, not both.
+
+    Called in a worker process once per batch the outbox hands over (up to 50 replies, in the
+    order they finished), after ``after_generation`` ran for each of them; each ``FinishedReply``
+    holds the ``request`` and ``result`` that hook got. Each finished reply is in one batch; if a
+    worker dies mid-batch, or any hook of the batch raises a Redis error, the whole batch is
+    delivered again after 60 s (``after_generation`` included), so make it idempotent. Other
+    exceptions are logged and do not affect the replies.
     """
 
 

@@ -208,6 +208,14 @@ class GenerationResult:
 
 
 @dataclass
+class FinishedReply:
+    """One reply of an ``after_generation_batch`` call: what ``after_generation`` got for it."""
+
+    request: "ChatRequest"
+    result: GenerationResult
+
+
+@dataclass
 class Feedback:
     """A user's rating of one reply; handed to ``after_feedback``. ``previous_rating`` is what
     this user had said of it before (None the first time), so counters can move, not double."""

@@ -2,7 +2,7 @@
 
 A send reserves an estimated cost (``before_generation``) in one Lua step that checks what was
 spent plus what is already reserved against the limits; the reply's end settles it
-(``after_generation``: the reservation is released and the real cost added), whether it was
+(``after_generation_batch``: the reservation is released and the real cost added), whether it was
 done, failed, stopped or cached; a send refused after its reservation releases it at once
 (``generation_refused``). Reservations expire on their own if a reply never ends.
 Limits: ``CHATAPP_BUDGET_DAILY_USD`` / ``CHATAPP_BUDGET_MONTHLY_USD`` for everyone, overridden
@@ -21,7 +21,7 @@ from chatapp.auth import require_admin
 from chatapp.errors import BudgetExhausted, InvalidRequest, NotFound
 from chatapp.hookspecs import hookimpl
 from chatapp.host import Host
-from chatapp.models import ChatRequest, GenerationResult
+from chatapp.models import ChatRequest, FinishedReply
 
 RESERVE = """
 local res, now = ARGV[3], tonumber(ARGV[5])
@@ -118,11 +118,17 @@ def generation_refused(request: ChatRequest, reason: str, host: Host) -> None:
 
 
 @hookimpl
-def after_generation(request: ChatRequest, result: GenerationResult, host: Host) -> None:
-    day_key, month_key, reserved = keys(host, request.user_id, result.finished_at or time.time())
-    cost = result.cost.micros if result.cost and not result.cached else 0
-    host.redis.eval(SETTLE, 0, host.key("budget", "settled", result.message_id), day_key, month_key, reserved,
-                    result.message_id, cost)
+def after_generation_batch(replies: list[FinishedReply], host: Host) -> None:
+    """Settle a batch of finished replies in one round trip: each releases its hold and adds its
+    real cost (a cache hit costs nothing), at most once."""
+    with host.redis.pipeline(transaction=False) as pipe:
+        for reply in replies:
+            result = reply.result
+            day_key, month_key, reserved = keys(host, reply.request.user_id, result.finished_at or time.time())
+            cost = result.cost.micros if result.cost and not result.cached else 0
+            pipe.eval(SETTLE, 0, host.key("budget", "settled", result.message_id), day_key, month_key, reserved,
+                      result.message_id, cost)
+        pipe.execute()
 
 
 def budget_status(host: Host, user_id: str) -> dict[str, Any]:

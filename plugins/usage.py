@@ -1,9 +1,9 @@
 """Usage and cost analytics: per-day aggregates per user, persona, model and overall, a per-reply
 log for CSV export, and ``GET /api/v1/usage`` (plus admin views).
 
-Recorded from ``after_generation``, which the outbox may deliver twice if a worker dies
-mid-hook: one Lua call checks a per-reply guard and applies every increment, so each reply is
-counted exactly once.
+Recorded from ``after_generation_batch`` (one round trip for a batch of finished replies), which
+the outbox may deliver twice if a worker dies mid-hook: one Lua call per reply checks a per-reply
+guard and applies every increment, so each reply is counted exactly once.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from chatapp.auth import load_user, require_admin
 from chatapp.errors import InvalidRequest
 from chatapp.hookspecs import hookimpl
 from chatapp.host import Host
-from chatapp.models import ChatRequest, Feedback, GenerationResult
+from chatapp.models import ChatRequest, Feedback, FinishedReply, GenerationResult
 from plugins.budgets import budget_status
 from plugins.cache import cache_stats
 
@@ -64,8 +64,8 @@ def increments(request: ChatRequest, result: GenerationResult) -> dict[str, int]
     return out
 
 
-@hookimpl
-def after_generation(request: ChatRequest, result: GenerationResult, host: Host) -> None:
+def record_args(request: ChatRequest, result: GenerationResult, host: Host) -> list[Any]:
+    """RECORD_ONCE's arguments for one finished reply."""
     day = day_of(result.finished_at or time.time())
     persona = request.persona.name if request.persona else ""
     keys = [host.key("usage", "user", request.user_id, day), host.key("usage", "all", day),
@@ -81,8 +81,17 @@ def after_generation(request: ChatRequest, result: GenerationResult, host: Host)
     # numbers would print large ones as 1e+14
     counts = [str(x) for name, amount in inc.items() if amount for x in (name, amount)]
     fields = [str(x) for name in LOG_FIELDS for x in (name, log[name])]
-    host.redis.eval(RECORD_ONCE, 0, host.key("usage", "seen", result.message_id), 30 * 86400,
-                    json.dumps(counts), json.dumps(fields), host.key("usage", "log"), *keys)
+    return [host.key("usage", "seen", result.message_id), 30 * 86400, json.dumps(counts), json.dumps(fields),
+            host.key("usage", "log"), *keys]
+
+
+@hookimpl
+def after_generation_batch(replies: list[FinishedReply], host: Host) -> None:
+    """Count a batch of finished replies in one round trip (each at most once, by its guard)."""
+    with host.redis.pipeline(transaction=False) as pipe:
+        for reply in replies:
+            pipe.eval(RECORD_ONCE, 0, *record_args(reply.request, reply.result, host))
+        pipe.execute()
 
 
 @hookimpl

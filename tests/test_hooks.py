@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 import types
 
 import flask
@@ -137,6 +138,29 @@ def test_after_generation_runs_once_per_reply(build):
         w.stop()
     assert calls == [(r["message_id"], "done", "Echo (assistant): once", False)]
     assert stopped == [(queued["message_id"], "cancelled", "", False)]
+
+
+def test_after_generation_batch_gets_each_reply_once_after_its_after_generation(build):
+    app, ext = build(recorder)
+    key = ext.users.create("a")[1]
+    c = app.test_client()
+    conv = c.post("/api/v1/conversations", json={}, headers=auth(key)).json["id"]
+    mids = [c.post(f"/api/v1/conversations/{conv}/messages", json={"content": f"turn {i}"}, headers=auth(key))
+            .json["message_id"] for i in range(3)]
+    w = InThreadWorker(ext)  # started after the sends: the three finish close together
+    try:
+        for mid in mids:
+            recorder.after_calls(mid, settle=0)
+        time.sleep(0.5)
+    finally:
+        w.stop()
+    batches = [(i, args) for i, (name, args) in enumerate(recorder.calls) if name == "after_generation_batch"]
+    seen = [reply for _i, batch in batches for reply in batch]
+    assert sorted(m for m, _s, _t in seen) == sorted(mids)  # each reply in exactly one batch
+    assert all(state == "done" and text.startswith("Echo") for _m, state, text in seen)
+    for i, batch in batches:  # after after_generation ran for every reply in it
+        earlier = {args[0] for name, args in recorder.calls[:i] if name == "after_generation"}
+        assert {m for m, _s, _t in batch} <= earlier
 
 
 def test_register_blueprints(build):

@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from chatapp import Cost, hookimpl
+from chatapp import Cost, FinishedReply, hookimpl
 from chatapp.chat import request_for_reply, result_from_record
 from plugins import usage
 from tests.conftest import InThreadWorker, app_with_worker, auth, close_app, make_app
@@ -59,7 +59,7 @@ def test_counted_once_even_if_the_outbox_delivers_twice(priced):
     settled(app.test_client(), key, 1)
     request, _ = request_for_reply(ext, body["message_id"])
     record = ext.redis.hgetall(f"{ext.prefix}msg:{body['message_id']}")
-    usage.after_generation(request, result_from_record(record), ext.host)  # a redelivery
+    usage.after_generation_batch([FinishedReply(request, result_from_record(record))], ext.host)  # a redelivery
     assert settled(app.test_client(), key, 1)["totals"]["replies"] == 1
 
 

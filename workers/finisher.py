@@ -1,4 +1,5 @@
-"""The finished-replies outbox: runs ``after_generation`` once per reply, however it ended.
+"""The finished-replies outbox: runs ``after_generation`` once per reply, however it ended, and
+``after_generation_batch`` once per batch of them.
 
 Every finish (by a job, by Stop while queued, by the reaper, a cache hit) appends the reply's id
 to one stream in the same atomic step. Worker processes read it as a consumer group, call the
@@ -19,7 +20,7 @@ import redis
 from chatapp import metrics
 from chatapp.chat import request_for_reply, result_from_record
 from chatapp.errors import ChatAppError
-from chatapp.models import ChatRequest, GenerationResult, Persona
+from chatapp.models import ChatRequest, FinishedReply, GenerationResult, Persona
 
 if TYPE_CHECKING:  # pragma: no cover
     from chatapp.extension import ChatApp
@@ -132,25 +133,34 @@ class Finisher(threading.Thread):
         self.handle_batch([(entry_id, fields) for entry_id, fields in entries if fields])  # a trimmed one is empty
 
     def handle_batch(self, entries: list[tuple[str, dict[str, str]]]) -> None:
-        """Run the hook for each entry; the records are read, and the handled entries acknowledged,
-        in one round trip each for the whole batch."""
+        """Run ``after_generation`` for each entry, then ``after_generation_batch`` for them all;
+        the records are read, and the handled entries acknowledged, in one round trip each for the
+        whole batch."""
         if not entries:
             return
         with self.ext.redis.pipeline(transaction=False) as pipe:
             for _entry_id, fields in entries:
                 pipe.hgetall(f"{self.ext.prefix}msg:{fields.get('m', '')}")
             records = pipe.execute()
-        handled = [entry_id for (entry_id, fields), record in zip(entries, records) if self.handle(fields, record)]
+        handled, finished = [], []
+        for (entry_id, fields), record in zip(entries, records):
+            ok, reply = self.handle(fields, record)
+            if ok:
+                handled.append(entry_id)
+            if reply is not None:
+                finished.append(reply)
+        if finished and not self.handle_all(finished):
+            return  # none acknowledged: the batch is delivered again
         if handled:
             with self.ext.redis.pipeline(transaction=False) as pipe:
                 pipe.xack(self.stream, GROUP, *handled)
                 pipe.xdel(self.stream, *handled)
                 pipe.execute()
 
-    def handle(self, fields: dict[str, str], record: dict[str, str]) -> bool:
-        """Run ``after_generation`` for one entry; False to leave it unacknowledged (Redis blinked,
-        so it is claimed and run again after CLAIM_IDLE_MS rather than skipping this reply's cache
-        store, budget and usage)."""
+    def handle(self, fields: dict[str, str], record: dict[str, str]) -> tuple[bool, FinishedReply | None]:
+        """Run ``after_generation`` for one entry. Returns whether to acknowledge it (not when
+        Redis blinked: it is claimed and run again after CLAIM_IDLE_MS rather than skipping this
+        reply's cache store, budget and usage) and the reply for the batch hook."""
         mid = fields.get("m", "")
         try:
             request, result = self.rebuild(mid, fields, record)
@@ -159,7 +169,20 @@ class Finisher(threading.Thread):
         except redis.RedisError as exc:
             log.warning("after_generation for %s hit a Redis error (%s); it will run again", mid,
                         type(exc).__name__)
-            return False
+            return False, None
         except Exception:
             log.exception("after_generation failed for %s", mid)
+            return True, None
+        return True, FinishedReply(request, result)
+
+    def handle_all(self, finished: list[FinishedReply]) -> bool:
+        """Run ``after_generation_batch``; False if it hit a Redis error (the batch runs again)."""
+        try:
+            self.ext.pm.hook.after_generation_batch(replies=finished, host=self.ext.host)
+        except redis.RedisError as exc:
+            log.warning("after_generation_batch for %d replies hit a Redis error (%s); they will run again",
+                        len(finished), type(exc).__name__)
+            return False
+        except Exception:
+            log.exception("after_generation_batch failed for %d replies", len(finished))
         return True

@@ -64,3 +64,8 @@ def price_generation(request, result):
 @hookimpl
 def after_generation(request, result):
     calls.append(("after_generation", (request.message_id, result.state, result.text, result.cached)))
+
+
+@hookimpl
+def after_generation_batch(replies):
+    calls.append(("after_generation_batch", [(r.request.message_id, r.result.state, r.result.text) for r in replies]))
