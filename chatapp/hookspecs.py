@@ -111,7 +111,8 @@ def after_generation(request: "ChatRequest", result: "GenerationResult", host: "
 def after_generation_batch(replies: "list[FinishedReply]", host: "Host") -> None:
     """The batch form of ``after_generation``: the same finished replies, many at a time, for
     bookkeeping that costs one Redis round trip for a whole batch instead of one per reply (the
-    built-in usage and budget plugins use it). Implement this or ``after_generation``, not both.
+    built-in usage and budget plugins use it). Do a given piece of work in this hook or in
+    ``after_generation``, not both.
 
     Called in a worker process once per batch the outbox hands over (up to 50 replies, in the
     order they finished), after ``after_generation`` ran for each of them; each ``FinishedReply``

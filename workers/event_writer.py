@@ -21,7 +21,7 @@ import logging
 import queue
 import threading
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 import redis
 
@@ -70,7 +70,7 @@ class RunWrites:
             self._wait_for(lambda: not self.in_flight and not self.pending, timeout)
         self.raise_error()
 
-    def _wait_for(self, predicate: Any, timeout: float) -> None:
+    def _wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
         if not self._cond.wait_for(predicate, timeout):
             raise redis.TimeoutError(f"reply {self.mid}: events not written within {timeout} s")
 
