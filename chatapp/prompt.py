@@ -3,16 +3,14 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from chatapp.models import Message, Persona
-
-USABLE_REPLY_STATES = {"done", "cancelled"}
 
 
 def estimate_tokens(text: str) -> int:
     """A provider-neutral estimate (about four characters a token), good enough for budgeting."""
-    return max(1, (len(text) + 3) // 4)
+    return (len(text) + 3) // 4 or 1
 
 
 def fill_template(text: str, *, user: str, char: str, original: str = "") -> str:
@@ -36,26 +34,28 @@ def system_text(persona: Persona | None, user_name: str, default_prompt: str) ->
     return text
 
 
-def render_messages(persona: Persona | None, history: Iterable[dict[str, str]], new_user_text: str | None,
+def estimate_prompt_tokens(messages: Iterable[Message]) -> int:
+    """``estimate_tokens`` summed over a prompt's messages (inlined: a history may hold hundreds)."""
+    return sum((len(m.content) + 3) // 4 or 1 for m in messages)
+
+
+def render_messages(persona: Persona | None, history: Sequence[Message], new_user_text: str | None,
                     budget_tokens: int, user_name: str = "User", default_prompt: str = "") -> list[Message]:
     """System prompt, then the newest turns that fit ``budget_tokens``, oldest first.
 
-    ``history`` holds stored message hashes, oldest first; failed or empty replies are left out.
-    ``new_user_text`` is appended last when given (the web side renders before storing). The newest
-    user turn is always kept, even when it alone exceeds the budget.
+    ``history`` holds the conversation's usable turns, oldest first (the history scripts leave
+    failed and unfinished replies out). ``new_user_text`` is appended last when given (the web
+    side renders before storing). The newest user turn is always kept, even when it alone exceeds
+    the budget.
     """
-    turns = [Message(h["role"], h.get("content", "")) for h in history
-             if h["role"] == "user" or (h.get("state") in USABLE_REPLY_STATES and h.get("content"))]
-    if new_user_text is not None:
-        turns.append(Message("user", new_user_text))
+    turns = [*history, Message("user", new_user_text)] if new_user_text is not None else list(history)
     system = system_text(persona, user_name, default_prompt)
     remaining = budget_tokens - (estimate_tokens(system) if system else 0)
-    kept: list[Message] = []
-    for i, turn in enumerate(reversed(turns)):
-        cost = estimate_tokens(turn.content)
-        if i > 0 and cost > remaining:
+    first = len(turns)  # the oldest turn kept
+    while first > 0:
+        cost = (len(turns[first - 1].content) + 3) // 4 or 1  # estimate_tokens, inlined (hundreds of turns)
+        if cost > remaining and first < len(turns):
             break
-        kept.append(turn)
         remaining -= cost
-    kept.reverse()
-    return ([Message("system", system)] if system else []) + kept
+        first -= 1
+    return ([Message("system", system)] if system else []) + turns[first:]

@@ -15,7 +15,7 @@ import redis
 
 from chatapp.errors import ChatAppError, GenerationLost
 from chatapp.ids import now_ms
-from chatapp.models import CANCELLED, DONE, FAILED, GenerationResult, Usage
+from chatapp.models import CANCELLED, DONE, FAILED, GenerationResult, Message, Usage
 from chatapp.redis_client import pairs
 from chatapp.scripts import Scripts
 from chatapp.store import HISTORY_MAX_MESSAGES, turns_oldest_first
@@ -32,12 +32,12 @@ class FencedOut(Exception):
 @dataclass
 class ReplySource:
     """What a reply's request is rendered from, read with its claim: its record, its conversation
-    (empty if deleted), the user's name, and the turns before it within ``budget_tokens``,
+    (empty if deleted), the user's name, and the usable turns before it within ``budget_tokens``,
     oldest first."""
     record: dict[str, str]
     conversation: dict[str, str]
     user_name: str
-    history: list[dict[str, str]]
+    history: list[Message]
     budget_tokens: int
 
 

@@ -16,16 +16,17 @@ import redis
 
 from chatapp.errors import InvalidRequest, NotFound
 from chatapp.ids import iso, new_id, now_ms
+from chatapp.models import Message
 from chatapp.scripts import Scripts
 
 #: the most stored turns a request's history reads (the token budget usually stops it sooner)
 HISTORY_MAX_MESSAGES = 200
 
 
-def turns_oldest_first(flat: list[str]) -> list[dict[str, str]]:
-    """The history scripts' flat (role, content, state) answer, newest first, as turns oldest first."""
-    turns = [{"role": flat[i], "content": flat[i + 1], "state": flat[i + 2]} for i in range(0, len(flat), 3)]
-    return list(reversed(turns))
+def turns_oldest_first(flat: list[str]) -> list[Message]:
+    """The history scripts' flat (role, content) answer, newest first, as prompt turns oldest first."""
+    return [Message(flat[i], flat[i + 1]) for i in range(len(flat) - 2, -1, -2)]
+
 
 def _is_live(h: dict[str, str]) -> bool:
     """A reply still being written: its text so far is in the ``:partial`` key."""
@@ -260,9 +261,9 @@ class Store:
             return [h for h in pipe.execute() if h]
 
     def history(self, cid: str, upto_mid: str | None = None, budget_tokens: int | None = None,
-                max_messages: int = HISTORY_MAX_MESSAGES) -> list[dict[str, str]]:
-        """The latest turns before ``upto_mid`` (the newest when None), oldest first: only role,
-        content and state, gathered server-side in one call and no further back than
+                max_messages: int = HISTORY_MAX_MESSAGES) -> list[Message]:
+        """The latest usable turns before ``upto_mid`` (the newest when None), oldest first (failed,
+        unfinished and empty replies left out), gathered server-side in one call and no further back than
         ``budget_tokens`` can use, so a send costs O(budget), not O(conversation)."""
         top = "+inf"
         if upto_mid is not None:

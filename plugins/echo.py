@@ -10,7 +10,7 @@ from typing import Any, Iterator, Mapping
 
 from chatapp.hookspecs import hookimpl
 from chatapp.models import ChatRequest, Chunk, GenerationContext, ModelInfo, Provider, Usage
-from chatapp.prompt import estimate_tokens
+from chatapp.prompt import estimate_prompt_tokens
 
 
 def echo_text(request: ChatRequest) -> str:
@@ -50,7 +50,7 @@ class EchoProvider(Provider):
                     return
             out += 1
             yield Chunk(text=piece)
-        prompt_tokens = sum(estimate_tokens(m.content) for m in request.messages)
+        prompt_tokens = estimate_prompt_tokens(request.messages)
         yield Chunk(usage=Usage(prompt_tokens, out), finish_reason=finish, meta={"echo_at": time.time()})
 
 

@@ -203,7 +203,7 @@ def test_claim_brings_the_request_source_and_renders_like_a_fresh_read(ext):
     assert claim.status == "ok" and claim.source is not None
     assert claim.source.user_name == user.name and claim.source.conversation["id"] == cid
     assert claim.source.record["id"] == second and claim.source.record["state"] == "generating"
-    assert [t["role"] for t in claim.source.history] == ["user", "assistant", "user"]
+    assert [t.role for t in claim.source.history] == ["user", "assistant", "user"]
     from_claim, _ = request_for_reply(ext, second, claim.source)
     fresh, _ = request_for_reply(ext, second)
     assert from_claim.messages == fresh.messages

@@ -56,7 +56,7 @@ def test_regenerate_replaces_last_reply_and_keeps_versions(client, user_key, ext
     got = client.get(f"/api/v1/conversations/{cid}/messages/{third}", headers=auth(user_key)).json
     assert got["versions"] == [old["id"], new["id"], third] and got["version"] == 3
     history = ext.store.history(cid)
-    assert [t["role"] for t in history] == ["user", "assistant", "user", "assistant"]
+    assert [t.role for t in history] == ["user", "assistant", "user", "assistant"]
 
 
 def test_regenerate_refuses_stale_unfinished_and_foreign(client, user_key, other_key, ext, chatted, app_config):

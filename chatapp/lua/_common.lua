@@ -6,20 +6,21 @@ local FIREHOSE_MAXLEN = '%FIREHOSE_MAXLEN%'
 
 local function mkey(mid) return P .. 'msg:' .. mid end
 
--- The newest turns of a conversation before a position, newest first, flat (role, content, state):
--- only as far back as the token budget can use (about four bytes a token). max_score is '+inf' or
--- '(N'; budget -1 means none.
+-- The newest usable turns of a conversation before a position, newest first, flat (role, content):
+-- user turns, and replies that ended with text (a failed, unfinished or empty one is no part of a
+-- prompt); only as far back as the token budget can use (about four bytes a token). max_score is
+-- '+inf' or '(N'; budget -1 means none.
 local function recent_turns(cid, max_score, budget, max_messages)
   local ids = redis.call('ZREVRANGEBYSCORE', P .. 'conv:' .. cid .. ':msgs', max_score, '-inf',
     'LIMIT', 0, max_messages)
   local used, out = 0, {}
   for _, mid in ipairs(ids) do
     local h = redis.call('HMGET', mkey(mid), 'role', 'content', 'state')
-    if h[1] then
-      out[#out + 1] = h[1]
-      out[#out + 1] = h[2] or ''
-      out[#out + 1] = h[3] or ''
-      used = used + math.floor((string.len(h[2] or '') + 3) / 4)
+    local role, content = h[1], h[2] or ''
+    if role == 'user' or (role and content ~= '' and (h[3] == 'done' or h[3] == 'cancelled')) then
+      out[#out + 1] = role
+      out[#out + 1] = content
+      used = used + math.floor((string.len(content) + 3) / 4)
       if budget >= 0 and used > budget then break end
     end
   end
