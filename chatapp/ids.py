@@ -15,6 +15,11 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def utc_day(ts: float) -> str:
+    """The UTC day of a time in seconds, e.g. ``2026-12-07``: how daily keys are named."""
+    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+
+
 def iso(ms: int | str | None) -> str | None:
     """Milliseconds since the epoch -> ISO 8601 UTC with a Z."""
     if ms in (None, ""):

@@ -14,6 +14,7 @@ Label values are bounded by construction (outcomes, hook names, provider ids): n
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -65,7 +66,18 @@ DEFINITIONS: dict[str, Definition] = {
 
 
 def _field(name: str, labels: dict[str, str]) -> str:
-    return f"{name}|{json.dumps(labels, sort_keys=True, separators=(',', ':'))}"
+    return _field_of(name, tuple(labels.items()))
+
+
+@functools.lru_cache(maxsize=4096)  # label values are bounded (see above): the names repeat
+def _field_of(name: str, labels: tuple[tuple[str, str], ...]) -> str:
+    return f"{name}|{json.dumps(dict(labels), sort_keys=True, separators=(',', ':'))}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _histogram_fields(base: str, bound: float) -> tuple[str, str, str]:
+    """A histogram observation's bucket, sum and count fields."""
+    return f"{base}|{_le(bound)}", f"{base}|sum", f"{base}|count"
 
 
 def _le(bound: float) -> str:
@@ -92,11 +104,12 @@ class RedisMetrics:
     def observe(self, name: str, value: float, **labels: str) -> None:
         """Record one observation of histogram ``name``."""
         bound = next((b for b in DEFINITIONS[name].buckets if value <= b), math.inf)
-        base = _field(name, labels)
+        bucket, total, count = _histogram_fields(_field(name, labels), bound)
         with self._lock:
-            for suffix, amount in ((_le(bound), 1), ("sum", value), ("count", 1)):
-                key = f"{base}|{suffix}"
-                self._histograms[key] = self._histograms.get(key, 0) + amount
+            histograms = self._histograms
+            histograms[bucket] = histograms.get(bucket, 0) + 1
+            histograms[total] = histograms.get(total, 0) + value
+            histograms[count] = histograms.get(count, 0) + 1
 
     def flush(self) -> int:
         """Add what was counted since the last flush to Redis in one transaction; returns the number

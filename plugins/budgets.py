@@ -10,6 +10,7 @@ per user with ``PUT /api/v1/admin/budgets/<user_id>``.
 """
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -20,6 +21,7 @@ from chatapp.api.errors import json_body
 from chatapp.auth import require_admin
 from chatapp.errors import BudgetExhausted, InvalidRequest, NotFound
 from chatapp.hookspecs import hookimpl
+from chatapp.ids import utc_day
 from chatapp.host import Host
 from chatapp.models import ChatRequest, FinishedReply
 
@@ -44,20 +46,32 @@ redis.call('ZADD', res, now + tonumber(ARGV[7]), ARGV[4] .. '|' .. ARGV[6])
 return {'ok'}
 """
 
+#: ARGV[1]: settlements as one JSON array, each [guard key, day key, month key, reservations key,
+#: message id, cost in micros as a string]: each releases the reply's hold and adds its cost, at
+#: most once (the guard). One argument for a whole batch: redis-py packs arguments one by one.
 SETTLE = """
-if not redis.call('SET', ARGV[1], '1', 'NX', 'EX', 2764800) then return 0 end
-for _, member in ipairs(redis.call('ZRANGE', ARGV[4], 0, -1)) do
-  if string.sub(member, 1, #ARGV[5] + 1) == ARGV[5] .. '|' then redis.call('ZREM', ARGV[4], member) end
-end
-local cost = tonumber(ARGV[6])
-if cost > 0 then
-  redis.call('INCRBY', ARGV[2], cost)
-  redis.call('EXPIRE', ARGV[2], 3 * 86400)
-  redis.call('INCRBY', ARGV[3], cost)
-  redis.call('EXPIRE', ARGV[3], 40 * 86400)
+for _, s in ipairs(cjson.decode(ARGV[1])) do
+  if redis.call('SET', s[1], '1', 'NX', 'EX', 2764800) then
+    local hold = s[5] .. '|'
+    for _, member in ipairs(redis.call('ZRANGE', s[4], 0, -1)) do
+      if string.sub(member, 1, #hold) == hold then redis.call('ZREM', s[4], member) end
+    end
+    if tonumber(s[6]) > 0 then
+      redis.call('INCRBY', s[2], s[6])
+      redis.call('EXPIRE', s[2], 3 * 86400)
+      redis.call('INCRBY', s[3], s[6])
+      redis.call('EXPIRE', s[3], 40 * 86400)
+    end
+  end
 end
 return 1
 """
+
+
+def period_names(now: float) -> tuple[str, str]:
+    """Today's and this month's names (UTC), e.g. 2026-12-07 and 2026-12."""
+    day = utc_day(now)
+    return day, day[:7]
 
 
 def periods(now: float) -> tuple[str, str, datetime, datetime]:
@@ -65,7 +79,7 @@ def periods(now: float) -> tuple[str, str, datetime, datetime]:
     dt = datetime.fromtimestamp(now, tz=timezone.utc)
     day_reset = (dt + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
     month_reset = (dt.replace(day=28) + timedelta(days=4)).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    return dt.strftime("%Y-%m-%d"), dt.strftime("%Y-%m"), day_reset, month_reset
+    return (*period_names(now), day_reset, month_reset)
 
 
 def micros(usd: Any) -> int:
@@ -81,9 +95,19 @@ def limits_for(host: Host, user_id: str) -> tuple[int, int]:
 
 
 def keys(host: Host, user_id: str, now: float) -> tuple[str, str, str]:
-    day, month, _, _ = periods(now)
+    """The user's spent-today, spent-this-month and reservations keys."""
+    day, month = period_names(now)
     return (host.key("budget", "spent", user_id, day), host.key("budget", "spent", user_id, month),
             host.key("budget", "reserved", user_id))
+
+
+def settle(host: Host, settled: list[tuple[str, str, float, int]]) -> None:
+    """Release the holds of finished (or refused) sends and add their costs, each at most once, in
+    one script call: (user id, message id, when it ended, cost in micros) each."""
+    batch = [[host.key("budget", "settled", mid), *keys(host, uid, at), mid, str(cost)]
+             for uid, mid, at, cost in settled]
+    if batch:
+        host.redis.eval(SETTLE, 0, json.dumps(batch, separators=(",", ":")))
 
 
 @hookimpl
@@ -112,23 +136,16 @@ def before_generation(request: ChatRequest, host: Host) -> None:
 def generation_refused(request: ChatRequest, reason: str, host: Host) -> None:
     """The send was refused after its hold was placed (a racing duplicate, the active-replies
     limit, a later plugin): release the hold now rather than when it expires."""
-    day_key, month_key, reserved = keys(host, request.user_id, time.time())
-    host.redis.eval(SETTLE, 0, host.key("budget", "settled", request.message_id), day_key, month_key, reserved,
-                    request.message_id, 0)
+    settle(host, [(request.user_id, request.message_id, time.time(), 0)])
 
 
 @hookimpl
 def after_generation_batch(replies: list[FinishedReply], host: Host) -> None:
     """Settle a batch of finished replies in one round trip: each releases its hold and adds its
     real cost (a cache hit costs nothing), at most once."""
-    with host.redis.pipeline(transaction=False) as pipe:
-        for reply in replies:
-            result = reply.result
-            day_key, month_key, reserved = keys(host, reply.request.user_id, result.finished_at or time.time())
-            cost = result.cost.micros if result.cost and not result.cached else 0
-            pipe.eval(SETTLE, 0, host.key("budget", "settled", result.message_id), day_key, month_key, reserved,
-                      result.message_id, cost)
-        pipe.execute()
+    settle(host, [(reply.request.user_id, reply.result.message_id, reply.result.finished_at or time.time(),
+                   reply.result.cost.micros if reply.result.cost and not reply.result.cached else 0)
+                  for reply in replies])
 
 
 def budget_status(host: Host, user_id: str) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timezone
 from typing import Any
 
 import click
@@ -25,6 +24,7 @@ from flask.cli import AppGroup
 from chatapp.auth import require_admin
 from chatapp.errors import ProviderError
 from chatapp.hookspecs import hookimpl
+from chatapp.ids import utc_day
 from chatapp.host import Host
 from chatapp.models import ChatRequest, GenerationResult
 
@@ -135,7 +135,7 @@ def reconcile(ext: Any, apply: bool = False) -> dict[str, Any]:
 
 def _adjust(host: Host, h: dict[str, str], diff: int) -> None:
     """Move a reply's recorded cost to what was billed, with everything that totals it."""
-    day = datetime.fromtimestamp(int(h.get("finished_at") or 0) / 1000, tz=timezone.utc).strftime("%Y-%m-%d")
+    day = utc_day(int(h.get("finished_at") or 0) / 1000)
     meta = json.loads(h.get("meta") or "{}")
     meta["billing_adjustment_micros"] = meta.get("billing_adjustment_micros", 0) + diff
     with host.redis.pipeline(transaction=True) as pipe:

@@ -1,9 +1,9 @@
 """Usage and cost analytics: per-day aggregates per user, persona, model and overall, a per-reply
 log for CSV export, and ``GET /api/v1/usage`` (plus admin views).
 
-Recorded from ``after_generation_batch`` (one round trip for a batch of finished replies), which
-the outbox may deliver twice if a worker dies mid-hook: one Lua call per reply checks a per-reply
-guard and applies every increment, so each reply is counted exactly once.
+Recorded from ``after_generation_batch`` (one script call for a batch of finished replies), which
+the outbox may deliver twice if a worker dies mid-hook: the script checks each reply's guard
+before it applies that reply's increments, so each reply is counted exactly once.
 """
 from __future__ import annotations
 
@@ -19,24 +19,31 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from chatapp.auth import load_user, require_admin
 from chatapp.errors import InvalidRequest
 from chatapp.hookspecs import hookimpl
+from chatapp.ids import utc_day
 from chatapp.host import Host
 from chatapp.models import ChatRequest, Feedback, FinishedReply, GenerationResult
 from plugins.budgets import budget_status
 from plugins.cache import cache_stats
 
-#: ARGV: the reply's guard key, its TTL, the increments and the log entry (JSON arrays of names
-#: and values, flat: one argument each rather than two per field, which redis-py packs one by one),
-#: the log stream, then the hashes to increment
+#: ARGV: the log stream, the guard keys' TTL, and the batch as one JSON array (redis-py packs every
+#: argument in Python, so a batch is one argument, not a dozen per reply): per reply its guard key,
+#: its increments and log entry (flat name, value arrays; values as strings, since Lua numbers
+#: would print large ones as 1e+14) and the hashes to increment. Returns the replies counted.
 RECORD_ONCE = """
-if not redis.call('SET', ARGV[1], '1', 'NX', 'EX', ARGV[2]) then return 0 end
-local inc = cjson.decode(ARGV[3])
-for i = 6, #ARGV do
-  for j = 1, #inc, 2 do
-    redis.call('HINCRBY', ARGV[i], inc[j], inc[j + 1])
+local counted = 0
+for _, r in ipairs(cjson.decode(ARGV[3])) do
+  if redis.call('SET', r[1], '1', 'NX', 'EX', ARGV[2]) then
+    local inc = r[2]
+    for _, key in ipairs(r[4]) do
+      for j = 1, #inc, 2 do
+        redis.call('HINCRBY', key, inc[j], inc[j + 1])
+      end
+    end
+    redis.call('XADD', ARGV[1], 'MAXLEN', '~', 1000000, '*', unpack(r[3]))
+    counted = counted + 1
   end
 end
-redis.call('XADD', ARGV[5], 'MAXLEN', '~', 1000000, '*', unpack(cjson.decode(ARGV[4])))
-return 1
+return counted
 """
 COUNTERS = ("replies", "done", "failed", "cancelled", "cached", "cost_micros", "cost_saved_micros", "input_tokens",
             "output_tokens", "ttft_ms_sum", "ttft_n", "total_ms_sum", "total_n", "reply_chars", "prompt_chars",
@@ -45,10 +52,6 @@ LOG_FIELDS = ("time", "message_id", "conversation_id", "user_id", "persona", "pr
               "cost_micros", "cost_saved_micros", "input_tokens", "output_tokens", "ttft_ms", "total_ms",
               "reply_chars", "prompt_chars", "finish_reason")
 MAX_DAYS = 366
-
-
-def day_of(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d")
 
 
 def increments(request: ChatRequest, result: GenerationResult) -> dict[str, int]:
@@ -64,9 +67,9 @@ def increments(request: ChatRequest, result: GenerationResult) -> dict[str, int]
     return out
 
 
-def record_args(request: ChatRequest, result: GenerationResult, host: Host) -> list[Any]:
-    """RECORD_ONCE's arguments for one finished reply."""
-    day = day_of(result.finished_at or time.time())
+def reply_record(request: ChatRequest, result: GenerationResult, host: Host) -> list[Any]:
+    """One finished reply as RECORD_ONCE takes it: guard key, increments, log entry, hashes."""
+    day = utc_day(result.finished_at or time.time())
     persona = request.persona.name if request.persona else ""
     keys = [host.key("usage", "user", request.user_id, day), host.key("usage", "all", day),
             host.key("usage", "persona", persona, day), host.key("usage", "model", f"{result.provider}/{result.model}", day)]
@@ -77,21 +80,19 @@ def record_args(request: ChatRequest, result: GenerationResult, host: Host) -> l
            "ttft_ms": inc.get("ttft_ms_sum", ""), "total_ms": inc.get("total_ms_sum", ""),
            "finish_reason": result.finish_reason or "", **{k: inc[k] for k in ("cost_micros", "cost_saved_micros",
            "input_tokens", "output_tokens", "reply_chars", "prompt_chars")}}
-    # most counters are 0 for a given reply; skip the no-op writes. Values go as strings: Lua
-    # numbers would print large ones as 1e+14
+    # most counters are 0 for a given reply; skip the no-op writes
     counts = [str(x) for name, amount in inc.items() if amount for x in (name, amount)]
     fields = [str(x) for name in LOG_FIELDS for x in (name, log[name])]
-    return [host.key("usage", "seen", result.message_id), 30 * 86400, json.dumps(counts), json.dumps(fields),
-            host.key("usage", "log"), *keys]
+    return [host.key("usage", "seen", result.message_id), counts, fields, keys]
 
 
 @hookimpl
 def after_generation_batch(replies: list[FinishedReply], host: Host) -> None:
-    """Count a batch of finished replies in one round trip (each at most once, by its guard)."""
-    with host.redis.pipeline(transaction=False) as pipe:
-        for reply in replies:
-            pipe.eval(RECORD_ONCE, 0, *record_args(reply.request, reply.result, host))
-        pipe.execute()
+    """Count a batch of finished replies in one script call (each at most once, by its guard)."""
+    if not replies:
+        return
+    batch = [reply_record(reply.request, reply.result, host) for reply in replies]
+    host.redis.eval(RECORD_ONCE, 0, host.key("usage", "log"), 30 * 86400, json.dumps(batch, separators=(",", ":")))
 
 
 @hookimpl
@@ -99,7 +100,7 @@ def after_feedback(feedback: Feedback, host: Host) -> None:
     """Count ratings per day (of the rating) like replies; a changed rating moves, not doubles."""
     if feedback.previous_rating == feedback.rating:
         return
-    day = day_of(feedback.at or time.time())
+    day = utc_day(feedback.at or time.time())
     keys = [host.key("usage", "user", feedback.user_id, day), host.key("usage", "all", day),
             host.key("usage", "persona", feedback.persona, day),
             host.key("usage", "model", f"{feedback.provider}/{feedback.model}", day)]
