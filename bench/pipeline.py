@@ -1,6 +1,7 @@
 """Issue 7 benchmarks of the pipeline itself, each against a baseline measured in the same run.
 
     python -m bench.pipeline throughput   # short turns/s through the pipeline vs bare RQ no-op jobs/s
+                                          # (and vs replies that do only a reply job's fixed part)
     python -m bench.pipeline history      # listing latency: 100 vs 100,000 stored conversations
     python -m bench.pipeline memory       # Redis bytes per stored message and per streamed token
     python -m bench.pipeline all
@@ -26,6 +27,30 @@ INSTANT = {"CHATAPP_DEFAULT_PROVIDER": "echo", "CHATAPP_BUNDLED_EMULATOR": "fals
 
 def noop() -> None:
     """The bare-RQ baseline's job: nothing at all."""
+
+
+def fixed_part_of_a_reply(message_id: str) -> str:
+    """A second baseline: what the design asks of every reply job whatever it generates, and
+    nothing more. The fenced claim (it reads what the request renders from), a fenced finish with
+    one event, and the finisher's after_generation once per reply (handed a request without
+    history, so it renders none). No prompt render, no provider call, no pricing, no log line."""
+    from chatapp.models import DONE, ChatRequest, GenerationResult
+    from workers import runtime
+    from workers.finisher import RENDERED
+
+    ext, _keeper, writer = runtime.get()
+    token = writer.for_run(message_id).token
+    claim = ext.replies.claim(message_id, token)
+    if claim.status != "ok" or claim.source is None:
+        return claim.status
+    record = claim.source.record
+    request = ChatRequest(message_id=message_id, conversation_id=record["conversation_id"], user_id=record["user_id"],
+                          provider=record["provider"], model=record["model"], messages=[], params={})
+    RENDERED.put(message_id, request)
+    result = GenerationResult(message_id, DONE, "ok", provider=request.provider, model=request.model,
+                              finish_reason="stop", attempt=claim.attempt)
+    ext.replies.finish(message_id, token, result, [("delta", {"text": "ok"}, "ok")])
+    return DONE
 
 
 def _wait_until(check: Any, timeout: float) -> float:
@@ -147,6 +172,27 @@ def _pipeline_rate(stack: Stack, n: int, clients: int, backlog: bool = False, co
     return counted / (done - t0)
 
 
+def _fixed_part_rate(stack: Stack, n: int, clients: int, costs: list) -> float:
+    """Replies/s when each reply's job is ``fixed_part_of_a_reply``: the sends go through the web
+    API while the worker is suspended, then their queued jobs are swapped for that function (same
+    job ids, so the replies' records still name them) and the worker drains them."""
+    raw = redis.Redis.from_url(stack.redis_url)
+    suspend(raw)
+    mids = _send_turns(stack, n, clients)
+    queue = Queue("chat", connection=raw)
+    job_ids = [j.decode() for j in raw.lrange(queue.key, 0, -1)]
+    with raw.pipeline() as pipe:
+        pipe.delete(queue.key)
+        queue.enqueue_many([Queue.prepare_data("bench.pipeline.fixed_part_of_a_reply", args=(j.removeprefix("reply-"),),
+                                               job_id=j, result_ttl=600, timeout=600) for j in job_ids], pipeline=pipe)
+        pipe.execute()
+    used = stack.usage()
+    t0, counted = _resume_and_time_start(raw, queue.key)
+    done = _wait_until(_all_finished(stack, mids), 300)
+    costs.append(_per_item(stack, used, len(mids)))
+    return counted / (done - t0)
+
+
 def bench_throughput(n: int = 600, clients: int = 20, rounds: int = 3) -> dict[str, Any]:
     stack = Stack(INSTANT, worker_concurrency=32)
     try:
@@ -154,9 +200,11 @@ def bench_throughput(n: int = 600, clients: int = 20, rounds: int = 3) -> dict[s
         _bare_rq_rate(stack, 50)
         out: dict[str, Any] = {"n": n, "clients": clients, "worker_concurrency": 32}
         for mode, backlog in (("worker", True), ("end_to_end", False)):
-            pipe_rates, rq_rates, pipe_costs, rq_costs = [], [], [], []
-            for _ in range(rounds):  # interleaved, so both see the same machine
+            pipe_rates, rq_rates, fixed_rates, pipe_costs, rq_costs, fixed_costs = [], [], [], [], [], []
+            for _ in range(rounds):  # interleaved, so all see the same machine
                 rq_rates.append(_bare_rq_rate(stack, n, backlog, rq_costs))
+                if backlog:
+                    fixed_rates.append(_fixed_part_rate(stack, n, clients, fixed_costs))
                 pipe_rates.append(_pipeline_rate(stack, n, clients, backlog, pipe_costs))
             ratio = summary(pipe_rates)["p50"] / summary(rq_rates)["p50"]
             print(f"{mode:>10}: bare RQ no-op jobs/s {[round(r) for r in rq_rates]}  pipeline replies/s "
@@ -165,13 +213,19 @@ def bench_throughput(n: int = 600, clients: int = 20, rounds: int = 3) -> dict[s
             out[mode] = {"bare_rq_jobs_per_s": summary(rq_rates), "pipeline_replies_per_s": summary(pipe_rates),
                          "ratio": ratio}
             if backlog:  # per item, while the worker drained: the web is idle then
+                fixed_ratio = summary(fixed_rates)["p50"] / summary(rq_rates)["p50"]
+                print(f"{'':>10}  fixed part of a reply only: {[round(r) for r in fixed_rates]} replies/s, "
+                      f"median ratio {fixed_ratio:.2f} (the most any reply could reach)")
+                out[mode].update(fixed_part_replies_per_s=summary(fixed_rates), fixed_part_ratio=fixed_ratio)
                 cost = {side: {k: summary([c[k] for c in costs])["p50"] for k in costs[0]}
-                        for side, costs in (("bare_rq", rq_costs), ("pipeline", pipe_costs))}
+                        for side, costs in (("bare_rq", rq_costs), ("fixed_part", fixed_costs), ("pipeline", pipe_costs))}
                 cost["worker_cpu_ratio"] = cost["bare_rq"]["worker_cpu_ms"] / cost["pipeline"]["worker_cpu_ms"]
                 out[mode]["per_item_median"] = cost
-                print(f"{'':>10}  per item (median): worker CPU {cost['bare_rq']['worker_cpu_ms']:.2f} ms vs "
-                      f"{cost['pipeline']['worker_cpu_ms']:.2f} ms (ratio {cost['worker_cpu_ratio']:.2f}), "
-                      f"Redis commands {cost['bare_rq']['redis_commands']:.0f} vs {cost['pipeline']['redis_commands']:.0f}")
+                print(f"{'':>10}  per item (median): worker CPU {cost['bare_rq']['worker_cpu_ms']:.2f} ms (bare) / "
+                      f"{cost['fixed_part']['worker_cpu_ms']:.2f} ms (fixed part) / "
+                      f"{cost['pipeline']['worker_cpu_ms']:.2f} ms (reply), ratio {cost['worker_cpu_ratio']:.2f}; "
+                      f"Redis commands {cost['bare_rq']['redis_commands']:.0f} / {cost['fixed_part']['redis_commands']:.0f}"
+                      f" / {cost['pipeline']['redis_commands']:.0f}")
         return out
     finally:
         stack.close()

@@ -50,8 +50,8 @@ class Claim:
     source: ReplySource | None = None
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+#: compact JSON; one encoder for every call (json.dumps with options builds one per call)
+_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def _events_json(events: list[Event]) -> str:
