@@ -4,7 +4,7 @@
 PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 RESULTS ?= bench/results
 
-.PHONY: bench plots faults faults-smoke
+.PHONY: bench plots faults faults-smoke instructions
 
 # every benchmark script in sequence; each writes its JSON to $(RESULTS)/
 bench:
@@ -13,6 +13,11 @@ bench:
 	$(PYTHON) -m bench.features all
 	$(PYTHON) -m bench.pipeline all
 	$(MAKE) plots
+
+# worker instructions per item under valgrind (bare job, a reply's fixed part, a short reply):
+# the throughput comparison without the machine's noise (about 4 minutes)
+instructions:
+	$(PYTHON) -m bench.instructions all
 
 # PNGs of the raw samples in $(RESULTS)/ (a plot whose JSON is missing is skipped)
 plots:

@@ -172,6 +172,18 @@ def _pipeline_rate(stack: Stack, n: int, clients: int, backlog: bool = False, co
     return counted / (done - t0)
 
 
+def swap_reply_jobs(raw: redis.Redis, function: str) -> None:
+    """Make every reply job waiting on queue ``chat`` run ``function(message_id)`` instead (same
+    job ids, so the replies' records still name their jobs)."""
+    queue = Queue("chat", connection=raw)
+    job_ids = [j.decode() for j in raw.lrange(queue.key, 0, -1)]
+    with raw.pipeline() as pipe:
+        pipe.delete(queue.key)
+        queue.enqueue_many([Queue.prepare_data(function, args=(j.removeprefix("reply-"),), job_id=j, result_ttl=600,
+                                               timeout=600) for j in job_ids], pipeline=pipe)
+        pipe.execute()
+
+
 def _fixed_part_rate(stack: Stack, n: int, clients: int, costs: list) -> float:
     """Replies/s when each reply's job is ``fixed_part_of_a_reply``: the sends go through the web
     API while the worker is suspended, then their queued jobs are swapped for that function (same
@@ -179,15 +191,9 @@ def _fixed_part_rate(stack: Stack, n: int, clients: int, costs: list) -> float:
     raw = redis.Redis.from_url(stack.redis_url)
     suspend(raw)
     mids = _send_turns(stack, n, clients)
-    queue = Queue("chat", connection=raw)
-    job_ids = [j.decode() for j in raw.lrange(queue.key, 0, -1)]
-    with raw.pipeline() as pipe:
-        pipe.delete(queue.key)
-        queue.enqueue_many([Queue.prepare_data("bench.pipeline.fixed_part_of_a_reply", args=(j.removeprefix("reply-"),),
-                                               job_id=j, result_ttl=600, timeout=600) for j in job_ids], pipeline=pipe)
-        pipe.execute()
+    swap_reply_jobs(raw, "bench.pipeline.fixed_part_of_a_reply")
     used = stack.usage()
-    t0, counted = _resume_and_time_start(raw, queue.key)
+    t0, counted = _resume_and_time_start(raw, "rq:queue:chat")
     done = _wait_until(_all_finished(stack, mids), 300)
     costs.append(_per_item(stack, used, len(mids)))
     return counted / (done - t0)
