@@ -15,7 +15,7 @@ bench:
 	$(MAKE) plots
 
 # worker instructions per item under valgrind (bare job, a reply's fixed part, a short reply):
-# the throughput comparison without the machine's noise (about 4 minutes)
+# the throughput comparison counted in instructions instead of timed (5-8 minutes)
 instructions:
 	$(PYTHON) -m bench.instructions all
 

@@ -1,18 +1,20 @@
-"""Instructions the worker executes per item, counted by valgrind: a cost that machine noise does
-not move.
+"""Instructions the worker executes per item, counted by valgrind rather than timed.
 
-    python -m bench.instructions all      # ~4 min; needs valgrind on PATH
+    python -m bench.instructions all      # ~5-8 min; needs valgrind on PATH
 
 On a shared two-core machine the throughput benchmark's rates move by 10 % or more between
-runs. Callgrind counts the instructions a process executes instead, which stay the same for the
-same work (two identical runs here differed by 0.07 %). ``python -m workers --burst`` drains a
-backlog of K queued items under callgrind, once with K = 100 and once with K = 300; the
-difference over 200 is what one item costs, with start-up and shut-down cancelled out. The items
-are those of ``bench.pipeline throughput``'s worker stage: a no-op RQ job, a reply whose job does
-only the fixed part of a reply (``bench.pipeline.fixed_part_of_a_reply``), and a short reply, all
-sent into 20 conversations as there. Leases and the queue grace are stretched to 10 minutes:
-under callgrind the worker runs about 50 times slower, and with production leases the reaper
-would take its replies for lost and run them again.
+runs. Callgrind counts the instructions a process executes instead. ``python -m workers
+--burst`` drains a backlog of K queued items under callgrind, once with K = 100 and once with
+K = 300; the difference over 200 is what one item costs, with start-up and shut-down cancelled
+out. The items are those of ``bench.pipeline throughput``'s worker stage: a no-op RQ job, a
+reply whose job does only the fixed part of a reply (``bench.pipeline.fixed_part_of_a_reply``),
+and a short reply, sent into 20 conversations as there. Leases and the queue grace are stretched
+to 10 minutes: under callgrind the worker runs about 50 times slower, and with production leases
+the reaper would take its replies for lost and run them again.
+
+How far to trust it: a no-op job's count repeats to 0.2 %; a reply's moved by about 10 %
+between runs, because how many replies share a finisher batch (and an event-writer round trip)
+depends on timing, and under callgrind that timing is not the production one.
 """
 from __future__ import annotations
 
@@ -23,13 +25,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Any
 
 import redis
 from rq import Queue
 
-from bench.harness import ROOT, free_port, run_cli
+from bench.harness import ROOT, Stack, free_port, run_cli
 from bench.pipeline import INSTANT, swap_reply_jobs
 
 SMALL, LARGE = 100, 300
@@ -75,15 +76,7 @@ def _count(kind: str, k: int) -> dict[str, Any]:
     url = f"redis://127.0.0.1:{port}/0"
     try:
         client = redis.Redis.from_url(url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        Stack._wait(client.ping, timeout=10)
         _fill(kind, k, url)
         env = {key: value for key, value in os.environ.items() if not key.startswith(("CHATAPP_", "RUNPOD_", "OPENAI_"))}
         env.update(INSTANT, **SLOW, REDIS_URL=url)
