@@ -31,7 +31,7 @@ import redis
 from rq import Queue
 
 from bench.harness import ROOT, Stack, free_port, run_cli
-from bench.pipeline import INSTANT, swap_reply_jobs
+from bench.pipeline import FIXED_PART, INSTANT, swap_reply_jobs
 
 SMALL, LARGE = 100, 300
 KINDS = ("bare", "fixed_part", "reply")
@@ -61,7 +61,7 @@ def _fill(kind: str, k: int, url: str) -> None:
     for i in range(k):
         ext.chat.send(user, conversation_id=conversations[i % 20], content=f"turn {i}")
     if kind == "fixed_part":
-        swap_reply_jobs(raw, "bench.pipeline.fixed_part_of_a_reply")
+        swap_reply_jobs(raw, FIXED_PART)
     ext.clients.close()
     ext.relay.stop()
 

@@ -53,6 +53,10 @@ def fixed_part_of_a_reply(message_id: str) -> str:
     return DONE
 
 
+#: what ``swap_reply_jobs`` is given to time the fixed part of a reply
+FIXED_PART = "bench.pipeline.fixed_part_of_a_reply"
+
+
 def _wait_until(check: Any, timeout: float) -> float:
     """Poll ``check`` until true; returns the time it became true (monotonic)."""
     deadline = time.monotonic() + timeout
@@ -154,9 +158,11 @@ def _all_finished(stack: Stack, mids: list[str]) -> Any:
     return check
 
 
-def _pipeline_rate(stack: Stack, n: int, clients: int, backlog: bool = False, costs: list | None = None) -> float:
+def _pipeline_rate(stack: Stack, n: int, clients: int, backlog: bool = False, costs: list | None = None,
+                   job_function: str | None = None) -> float:
     """Short turns/s: ``n`` sends from ``clients`` concurrent REST clients, until every reply is
-    done. ``backlog``: sent while the worker is suspended, timed from when it starts on them."""
+    done. ``backlog``: sent while the worker is suspended, timed from when it starts on them;
+    ``job_function`` (backlog only): the queued reply jobs run that instead (``swap_reply_jobs``)."""
     raw = redis.Redis.from_url(stack.redis_url)
     if backlog:
         suspend(raw)
@@ -164,6 +170,8 @@ def _pipeline_rate(stack: Stack, n: int, clients: int, backlog: bool = False, co
     mids = _send_turns(stack, n, clients)
     counted = len(mids)
     if backlog:
+        if job_function:
+            swap_reply_jobs(raw, job_function)
         used = stack.usage()
         t0, counted = _resume_and_time_start(raw, "rq:queue:chat")
     done = _wait_until(_all_finished(stack, mids), 300)
@@ -184,21 +192,6 @@ def swap_reply_jobs(raw: redis.Redis, function: str) -> None:
         pipe.execute()
 
 
-def _fixed_part_rate(stack: Stack, n: int, clients: int, costs: list) -> float:
-    """Replies/s when each reply's job is ``fixed_part_of_a_reply``: the sends go through the web
-    API while the worker is suspended, then their queued jobs are swapped for that function (same
-    job ids, so the replies' records still name them) and the worker drains them."""
-    raw = redis.Redis.from_url(stack.redis_url)
-    suspend(raw)
-    mids = _send_turns(stack, n, clients)
-    swap_reply_jobs(raw, "bench.pipeline.fixed_part_of_a_reply")
-    used = stack.usage()
-    t0, counted = _resume_and_time_start(raw, "rq:queue:chat")
-    done = _wait_until(_all_finished(stack, mids), 300)
-    costs.append(_per_item(stack, used, len(mids)))
-    return counted / (done - t0)
-
-
 def bench_throughput(n: int = 600, clients: int = 20, rounds: int = 3) -> dict[str, Any]:
     stack = Stack(INSTANT, worker_concurrency=32)
     try:
@@ -210,7 +203,7 @@ def bench_throughput(n: int = 600, clients: int = 20, rounds: int = 3) -> dict[s
             for _ in range(rounds):  # interleaved, so all see the same machine
                 rq_rates.append(_bare_rq_rate(stack, n, backlog, rq_costs))
                 if backlog:
-                    fixed_rates.append(_fixed_part_rate(stack, n, clients, fixed_costs))
+                    fixed_rates.append(_pipeline_rate(stack, n, clients, True, fixed_costs, FIXED_PART))
                 pipe_rates.append(_pipeline_rate(stack, n, clients, backlog, pipe_costs))
             ratio = summary(pipe_rates)["p50"] / summary(rq_rates)["p50"]
             print(f"{mode:>10}: bare RQ no-op jobs/s {[round(r) for r in rq_rates]}  pipeline replies/s "
