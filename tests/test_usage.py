@@ -111,3 +111,35 @@ def test_reply_of_a_deleted_conversation_still_settles(app_config):
                       headers=auth(key)).status_code == 202  # the hold was released, not stranded
     finally:
         close_app(app)
+
+
+def test_a_batch_sums_each_hash_once_and_counts_each_reply_once(ext):
+    """The batch script sums the counted replies' increments per hash and field: the totals are
+    the per-reply sums exactly (large costs included), a reply already counted adds nothing, and
+    replies of other days, users and models land in their own hashes."""
+    from chatapp.ids import utc_day
+    from chatapp.models import ChatRequest, GenerationResult, Message, Usage
+
+    day1, day2 = 1_796_000_000.0, 1_796_000_000.0 + 86400  # two UTC days
+
+    def reply(mid: str, uid: str, model: str, at: float, cost: int, out_tokens: int) -> FinishedReply:
+        request = ChatRequest(mid, "c1", uid, "echo", model, [Message("user", "hi there")])
+        result = GenerationResult(mid, "done", "x" * out_tokens, usage=Usage(3, out_tokens), provider="echo",
+                                  model=model, started_at=at - 2, first_token_at=at - 1.5, finished_at=at,
+                                  cost=Cost(cost))
+        return FinishedReply(request, result)
+
+    big = 123_456_789_012_345  # micros: larger than a Lua number prints exactly with %s
+    first = [reply("m1", "u1", "a", day1, big, 5), reply("m2", "u1", "a", day1, 7, 11)]
+    usage.after_generation_batch(first, ext.host)
+    usage.after_generation_batch([*first, reply("m3", "u2", "b", day1, 1, 2), reply("m4", "u1", "a", day2, 2, 3)],
+                                 ext.host)  # m1 and m2 delivered again
+    user1 = ext.redis.hgetall(ext.host.key("usage", "user", "u1", utc_day(day1)))
+    assert user1 == {"replies": "2", "done": "2", "cost_micros": str(big + 7), "input_tokens": "6",
+                     "output_tokens": "16", "ttft_ms_sum": "1000", "ttft_n": "2", "total_ms_sum": "4000",
+                     "total_n": "2", "reply_chars": "16", "prompt_chars": "16"}
+    everyone = ext.redis.hgetall(ext.host.key("usage", "all", utc_day(day1)))
+    assert everyone["replies"] == "3" and everyone["cost_micros"] == str(big + 8)
+    assert ext.redis.hgetall(ext.host.key("usage", "model", "echo/b", utc_day(day1)))["replies"] == "1"
+    assert ext.redis.hgetall(ext.host.key("usage", "user", "u1", utc_day(day2)))["output_tokens"] == "3"
+    assert ext.redis.xlen(ext.host.key("usage", "log")) == 4
