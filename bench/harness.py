@@ -155,12 +155,34 @@ class Stack:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    @staticmethod
+    def thread_cpu_s(pid: int) -> dict[str, float]:
+        """CPU seconds so far of a worker process's threads, by the names the worker gives them at
+        the OS level (``workers.thread_names``): the RQ loop, the reply threads, the finisher, the
+        event writer, and the rest (threads that ended are counted only in the process total)."""
+        groups = {"rq-loop": "rq_loop", "chatapp-reply": "reply_threads", "chatapp-finishe": "finisher",
+                  "chatapp-event-w": "event_writer"}
+        out = dict.fromkeys([*groups.values(), "other_threads"], 0.0)
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                    comm = f.read().strip()
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except FileNotFoundError:  # the thread ended meanwhile
+                continue
+            group = next((g for prefix, g in groups.items() if comm.startswith(prefix)), "other_threads")
+            out[group] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return out
+
     def usage(self) -> dict[str, float]:
         """CPU seconds so far of the web workers, the worker, redis-server and this process, and
         the commands Redis has run (scripts' own commands included)."""
         pids = {"web": self.web_pids(), "worker": [self.worker.pid] if self.worker else [],
                 "redis": [self.redis_proc.pid], "bench": [os.getpid()]}
         out = {f"{name}_cpu_s": sum(self.cpu_s(p) for p in group) for name, group in pids.items()}
+        if self.worker:
+            out.update({f"worker_{name}_cpu_s": s for name, s in self.thread_cpu_s(self.worker.pid).items()})
         out["redis_commands"] = sum(v["calls"] for v in self.redis.info("commandstats").values())
         return out
 

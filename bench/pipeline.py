@@ -70,7 +70,7 @@ def _wait_until(check: Any, timeout: float) -> float:
 def _per_item(stack: Stack, before: dict[str, float], count: int) -> dict[str, float]:
     """What each item cost since ``before``: CPU ms per process and Redis commands."""
     after = stack.usage()
-    out = {k.replace("_cpu_s", "_cpu_ms"): round((after[k] - before[k]) * 1000 / count, 3)
+    out = {k.replace("_cpu_s", "_cpu_ms"): round((after[k] - before.get(k, 0.0)) * 1000 / count, 3)
            for k in after if k.endswith("_cpu_s")}
     out["redis_commands"] = round((after["redis_commands"] - before["redis_commands"]) / count, 1)
     return out
@@ -225,6 +225,11 @@ def bench_throughput(n: int = 600, clients: int = 20, rounds: int = 3) -> dict[s
                       f"{cost['pipeline']['worker_cpu_ms']:.2f} ms (reply), ratio {cost['worker_cpu_ratio']:.2f}; "
                       f"Redis commands {cost['bare_rq']['redis_commands']:.0f} / {cost['fixed_part']['redis_commands']:.0f}"
                       f" / {cost['pipeline']['redis_commands']:.0f}")
+                threads = [k for k in cost["bare_rq"] if k.startswith("worker_") and k != "worker_cpu_ms"]
+                print(f"{'':>10}  worker CPU by thread, ms per item (bare / fixed part / reply): " + ", ".join(
+                    f"{k.removeprefix('worker_').removesuffix('_cpu_ms')} "
+                    + " / ".join(f"{cost[side][k]:.2f}" for side in ("bare_rq", "fixed_part", "pipeline"))
+                    for k in threads))
         return out
     finally:
         stack.close()

@@ -22,6 +22,8 @@ import redis
 from rq import SimpleWorker
 from rq.timeouts import TimerDeathPenalty
 
+from workers.thread_names import name_os_thread
+
 log = logging.getLogger(__name__)
 
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
@@ -41,7 +43,7 @@ class ThreadPoolWorker(SimpleWorker):
         super().__init__(*args, **kwargs)
         self.concurrency = concurrency
         self.slots = threading.BoundedSemaphore(concurrency)
-        self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="chatapp-reply")
+        self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="chatapp-reply", initializer=name_os_thread)
         self.install_signals = install_signals
         self.drain_timeout_s = drain_timeout_s
         self.in_flight = 0

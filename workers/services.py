@@ -9,6 +9,7 @@ from workers import runtime
 from workers.event_writer import EventWriter
 from workers.finisher import Finisher
 from workers.keeper import LeaseKeeper
+from workers.thread_names import name_os_threads
 
 if TYPE_CHECKING:  # pragma: no cover
     from chatapp.extension import ChatApp
@@ -38,6 +39,7 @@ class WorkerServices:
         self.finisher.start()
         self.metrics_flusher.start()
         self.retention.start()  # only when CHATAPP_RETENTION_DAYS is set
+        name_os_threads()
         return self
 
     def stop(self) -> None:
