@@ -328,7 +328,10 @@ def bench_memory(n: int = 300) -> dict[str, Any]:
         messages = sum((stack.redis.memory_usage(f"chatapp:msg:{m}") or 0) for m in mids)
         users = [stack.redis.hget(f"chatapp:msg:{m}", "reply_to") for m in mids]
         messages += sum((stack.redis.memory_usage(f"chatapp:msg:{u}") or 0) for u in users if u)
+        guards = [f"chatapp:{kind}:{m}" for m in mids for kind in ("usage:seen", "budget:settled")]
+        guard_bytes = sum(stack.redis.memory_usage(k) or 0 for k in guards)
         out = {"turns": n, "used_memory_delta_bytes": after - before,
+               "guard_bytes_per_reply": guard_bytes / n,
                "bytes_per_turn_total": (after - before) / n,
                "bytes_per_stored_message": messages / (2 * n),
                "events_per_reply": tokens / n,
@@ -336,7 +339,8 @@ def bench_memory(n: int = 300) -> dict[str, Any]:
                "note": "events kept STREAM_TTL_S (default 1 day) after a reply ends; echo sends one event a word"}
         print(f"per stored message {out['bytes_per_stored_message']:.0f} B; per streamed event (token) "
               f"{out['bytes_per_streamed_event']:.0f} B while its stream lives; whole turn "
-              f"{out['bytes_per_turn_total']:.0f} B (incl. firehose, outbox, usage log)")
+              f"{out['bytes_per_turn_total']:.0f} B (incl. firehose, outbox, usage log); the reply's guard keys "
+              f"(usage, budget; a month) {out['guard_bytes_per_reply']:.0f} B")
         return out
     finally:
         stack.close()
