@@ -158,11 +158,11 @@ class Stack:
     @staticmethod
     def thread_cpu_s(pid: int) -> dict[str, float]:
         """CPU seconds so far of a worker process's threads, by the names the worker gives them at
-        the OS level (``workers.thread_names``): the RQ loop, the reply threads, the finisher, the
-        event writer, and the rest (threads that ended are counted only in the process total)."""
-        groups = {"rq-loop": "rq_loop", "chatapp-reply": "reply_threads", "chatapp-finishe": "finisher",
-                  "chatapp-event-w": "event_writer"}
-        out = dict.fromkeys([*groups.values(), "other_threads"], 0.0)
+        the OS level (``workers.thread_names``): the RQ loop (the main thread), the reply threads,
+        the finisher, the event writer, and the rest (threads that ended are counted only in the
+        process total)."""
+        groups = {"chatapp-reply": "reply_threads", "chatapp-finishe": "finisher", "chatapp-event-w": "event_writer"}
+        out = dict.fromkeys(["rq_loop", *groups.values(), "other_threads"], 0.0)
         for tid in os.listdir(f"/proc/{pid}/task"):
             try:
                 with open(f"/proc/{pid}/task/{tid}/comm") as f:
@@ -171,7 +171,8 @@ class Stack:
                     fields = f.read().rsplit(")", 1)[1].split()
             except FileNotFoundError:  # the thread ended meanwhile
                 continue
-            group = next((g for prefix, g in groups.items() if comm.startswith(prefix)), "other_threads")
+            group = "rq_loop" if tid == str(pid) else next(
+                (g for prefix, g in groups.items() if comm.startswith(prefix)), "other_threads")
             out[group] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         return out
 

@@ -29,11 +29,11 @@ def test_a_thread_names_itself_and_long_names_keep_their_first_15_bytes():
     thread.start()
     ready.wait(5)
     seen["self"] = os_name(thread)
-    name_os_thread(thread, "rq-loop")  # another thread's name, set from outside
+    name_os_thread(thread, "renamed")  # another thread's name, set from outside
     seen["outside"] = os_name(thread)
     done.set()
     thread.join()
-    assert seen == {"self": "chatapp-finishe", "outside": "rq-loop"}
+    assert seen == {"self": "chatapp-finishe", "outside": "renamed"}
 
 
 def test_the_reply_pool_names_its_threads(ext):
@@ -45,3 +45,11 @@ def test_the_reply_pool_names_its_threads(ext):
     finally:
         worker.pool.shutdown()
     assert names and all(n.startswith("chatapp-reply_") for n in names)
+
+
+def test_the_main_thread_keeps_the_process_name():
+    from workers.thread_names import name_os_threads
+
+    before = os_name(threading.main_thread())
+    name_os_threads()
+    assert os_name(threading.main_thread()) == before

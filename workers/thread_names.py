@@ -1,7 +1,8 @@
 """Worker threads named at the OS level too, so ``top -H``, ``py-spy dump`` and
-``/proc/<pid>/task/*/comm`` tell the RQ loop, the reply threads, the finisher and the event writer
-apart (Python 3.11 names threads only for itself). Linux keeps 15 bytes of a name; elsewhere this
-does nothing."""
+``/proc/<pid>/task/*/comm`` tell the reply threads, the finisher and the event writer apart from
+the RQ loop (Python 3.11 names threads only for itself). The main thread keeps the process's name:
+``ps``, ``pgrep`` and ``pkill`` read it. Linux keeps 15 bytes of a name; elsewhere this does
+nothing."""
 from __future__ import annotations
 
 import ctypes
@@ -10,9 +11,6 @@ import logging
 import threading
 
 log = logging.getLogger(__name__)
-
-#: how the RQ loop's thread is named (the process's main thread)
-MAIN = "rq-loop"
 
 try:
     _setname = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).pthread_setname_np
@@ -32,6 +30,7 @@ def name_os_thread(thread: threading.Thread | None = None, name: str | None = No
 
 
 def name_os_threads() -> None:
-    """Name every running thread of this process (the main one as the RQ loop)."""
+    """Name every running thread of this process but the main one (the process's own name)."""
     for thread in threading.enumerate():
-        name_os_thread(thread, MAIN if thread is threading.main_thread() else None)
+        if thread is not threading.main_thread():
+            name_os_thread(thread)
