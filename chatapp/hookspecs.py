@@ -25,6 +25,11 @@ PROJECT = "chatapp"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
+#: how long the built-in after_generation plugins remember that a reply was counted: a redelivery
+#: comes within minutes of a worker's death while any worker runs (after 60 s idle); a week covers
+#: every worker being down for days with a batch unacknowledged
+REDELIVERY_GUARD_S = 7 * 86400
+
 
 @hookspec
 def register_providers(config: "Mapping[str, Any]") -> "list[Provider]":
@@ -102,6 +107,9 @@ def after_generation(request: "ChatRequest", result: "GenerationResult", host: "
     a job, the cache, Stop while queued, or the reaper), after it is stored: every finish writes
     the reply's id to an outbox stream in the same atomic step, and workers consume it as a
     group. If a worker dies mid-hook another runs it again after 60 s, so make it idempotent.
+    A guard that makes it so (a key set once per reply) need only outlive that redelivery: the
+    built-in plugins keep theirs ``REDELIVERY_GUARD_S`` (a week), so guards for a month of
+    replies do not sit in Redis.
     ``request`` is re-rendered from the stored conversation and ``result`` read back from the
     stored reply. Exceptions are logged and do not affect the reply.
     """

@@ -20,7 +20,7 @@ from flask import Blueprint, current_app, jsonify
 from chatapp.api.errors import json_body
 from chatapp.auth import require_admin
 from chatapp.errors import BudgetExhausted, InvalidRequest, NotFound
-from chatapp.hookspecs import hookimpl
+from chatapp.hookspecs import REDELIVERY_GUARD_S, hookimpl
 from chatapp.ids import utc_day
 from chatapp.host import Host
 from chatapp.models import ChatRequest, FinishedReply
@@ -47,11 +47,12 @@ return {'ok'}
 """
 
 #: ARGV[1]: settlements as one JSON array, each [guard key, day key, month key, reservations key,
-#: message id, cost in micros as a string]: each releases the reply's hold and adds its cost, at
-#: most once (the guard). One argument for a whole batch: redis-py packs arguments one by one.
+#: message id, cost in micros as a string]; ARGV[2]: how long a guard lives. Each releases the
+#: reply's hold and adds its cost, at most once (the guard). One argument for a whole batch:
+#: redis-py packs arguments one by one.
 SETTLE = """
 for _, s in ipairs(cjson.decode(ARGV[1])) do
-  if redis.call('SET', s[1], '1', 'NX', 'EX', 2764800) then
+  if redis.call('SET', s[1], '1', 'NX', 'EX', ARGV[2]) then
     local hold = s[5] .. '|'
     for _, member in ipairs(redis.call('ZRANGE', s[4], 0, -1)) do
       if string.sub(member, 1, #hold) == hold then redis.call('ZREM', s[4], member) end
@@ -107,7 +108,7 @@ def settle(host: Host, settled: list[tuple[str, str, float, int]]) -> None:
     batch = [[host.key("budget", "settled", mid), *keys(host, uid, at), mid, str(cost)]
              for uid, mid, at, cost in settled]
     if batch:
-        host.redis.eval(SETTLE, 0, json.dumps(batch, separators=(",", ":")))
+        host.redis.eval(SETTLE, 0, json.dumps(batch, separators=(",", ":")), REDELIVERY_GUARD_S)
 
 
 @hookimpl

@@ -18,7 +18,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from chatapp.auth import load_user, require_admin
 from chatapp.errors import InvalidRequest
-from chatapp.hookspecs import hookimpl
+from chatapp.hookspecs import REDELIVERY_GUARD_S, hookimpl
 from chatapp.ids import utc_day
 from chatapp.host import Host
 from chatapp.models import ChatRequest, Feedback, FinishedReply, GenerationResult
@@ -106,7 +106,8 @@ def after_generation_batch(replies: list[FinishedReply], host: Host) -> None:
     if not replies:
         return
     batch = [reply_record(reply.request, reply.result, host) for reply in replies]
-    host.redis.eval(RECORD_ONCE, 0, host.key("usage", "log"), 30 * 86400, json.dumps(batch, separators=(",", ":")))
+    host.redis.eval(RECORD_ONCE, 0, host.key("usage", "log"), REDELIVERY_GUARD_S,
+                    json.dumps(batch, separators=(",", ":")))
 
 
 @hookimpl

@@ -115,3 +115,18 @@ def test_a_send_refused_after_its_hold_releases_it_at_once(app_config):
         assert held == [f"{first.json['message_id']}|10000"]  # only the accepted send's hold
     finally:
         close_app(app)
+
+
+def test_a_settlement_is_guarded_once_for_the_redelivery_window(ext):
+    """settle() adds a reply's cost once however often it runs; its guard lives as long as the
+    outbox could deliver the reply again (a week), not a month."""
+    from chatapp.hookspecs import REDELIVERY_GUARD_S
+    from plugins import budgets
+
+    at = time.time()
+    for _ in range(2):  # a redelivery
+        budgets.settle(ext.host, [("u-guard", "m-guard", at, 2500)])
+    day_key, month_key, _ = budgets.keys(ext.host, "u-guard", at)
+    assert ext.redis.get(day_key) == "2500" and ext.redis.get(month_key) == "2500"
+    ttl = ext.redis.ttl(ext.host.key("budget", "settled", "m-guard"))
+    assert REDELIVERY_GUARD_S - 60 < ttl <= REDELIVERY_GUARD_S

@@ -143,3 +143,6 @@ def test_a_batch_sums_each_hash_once_and_counts_each_reply_once(ext):
     assert ext.redis.hgetall(ext.host.key("usage", "model", "echo/b", utc_day(day1)))["replies"] == "1"
     assert ext.redis.hgetall(ext.host.key("usage", "user", "u1", utc_day(day2)))["output_tokens"] == "3"
     assert ext.redis.xlen(ext.host.key("usage", "log")) == 4
+    # each reply's guard lives as long as a redelivery could come, not a month
+    from chatapp.hookspecs import REDELIVERY_GUARD_S
+    assert REDELIVERY_GUARD_S - 60 < ext.redis.ttl(ext.host.key("usage", "seen", "m3")) <= REDELIVERY_GUARD_S
