@@ -20,6 +20,7 @@ from rq import Queue
 from rq.suspension import resume, suspend
 
 from bench.harness import BIN, ROOT, Stack, capped, run_cli, summary
+from workers.pool import SUSPENSION_CHECK_EVERY_S
 
 #: an instant provider, no cache: what is measured is the pipeline, not generation
 INSTANT = {"CHATAPP_DEFAULT_PROVIDER": "echo", "CHATAPP_BUNDLED_EMULATOR": "false", "CHATAPP_CACHE_ENABLED": "false"}
@@ -85,7 +86,7 @@ def _bare_rq_rate(stack: Stack, n: int, backlog: bool = False, costs: list | Non
     registry = queue.finished_job_registry
     before = registry.count
     if backlog:
-        suspend(raw)
+        _suspend(raw)
     t0 = time.monotonic()
     with raw.pipeline() as pipe:
         queue.enqueue_many([Queue.prepare_data("bench.pipeline.noop", result_ttl=600) for _ in range(n)], pipeline=pipe)
@@ -96,8 +97,15 @@ def _bare_rq_rate(stack: Stack, n: int, backlog: bool = False, costs: list | Non
         t0, counted = _resume_and_time_start(raw, queue.key)
     done = _wait_until(lambda: registry.count - before >= n, 120)
     if backlog and costs is not None:
-        costs.append(_per_item(stack, used, n))
+        costs.append(_per_item(stack, used, counted))
     return counted / (done - t0)
+
+
+def _suspend(raw: redis.Redis) -> None:
+    """``rq suspend``, and wait until the worker will have noticed it by its next job (it asks
+    at most every ``SUSPENSION_CHECK_EVERY_S``)."""
+    suspend(raw)
+    time.sleep(SUSPENSION_CHECK_EVERY_S + 0.1)
 
 
 def _resume_and_time_start(raw: redis.Redis, queue_key: str) -> tuple[float, int]:
@@ -165,7 +173,7 @@ def _pipeline_rate(stack: Stack, n: int, clients: int, backlog: bool = False, co
     ``job_function`` (backlog only): the queued reply jobs run that instead (``swap_reply_jobs``)."""
     raw = redis.Redis.from_url(stack.redis_url)
     if backlog:
-        suspend(raw)
+        _suspend(raw)
     t0 = time.monotonic()
     mids = _send_turns(stack, n, clients)
     counted = len(mids)
@@ -176,7 +184,7 @@ def _pipeline_rate(stack: Stack, n: int, clients: int, backlog: bool = False, co
         t0, counted = _resume_and_time_start(raw, "rq:queue:chat")
     done = _wait_until(_all_finished(stack, mids), 300)
     if backlog and costs is not None:
-        costs.append(_per_item(stack, used, len(mids)))
+        costs.append(_per_item(stack, used, counted))
     return counted / (done - t0)
 
 
