@@ -1,6 +1,8 @@
 """The thread-pool worker's own loop: what it asks Redis before each job."""
 from __future__ import annotations
 
+import types
+
 import pytest
 import rq.worker.base
 
@@ -19,9 +21,10 @@ def test_rq_suspend_is_asked_at_most_every_half_second_not_before_every_job(loop
     asked = []
     suspended = iter([False, True, False])  # the third check finds it suspended, then resumed
     monkeypatch.setattr(rq.worker.base, "is_suspended", lambda *a: asked.append(1) or next(suspended, False))
-    monkeypatch.setattr(rq.worker.base.time, "sleep", lambda s: None)  # RQ's wait while suspended
+    # only these modules' clocks: RQ's wait while suspended, and the worker's own
+    monkeypatch.setattr(rq.worker.base, "time", types.SimpleNamespace(sleep=lambda s: None))
     clock = [1000.0]
-    monkeypatch.setattr(pool.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(pool, "time", types.SimpleNamespace(monotonic=lambda: clock[0], sleep=lambda s: None))
     for _ in range(5):  # five jobs within the interval: one question
         loop_worker.check_for_suspension(burst=False)
     assert len(asked) == 1
@@ -40,7 +43,7 @@ def test_a_suspension_check_redis_cannot_answer_is_retried_at_the_next_job(loop_
         raise redis.exceptions.ConnectionError("down")
 
     monkeypatch.setattr(rq.worker.base, "is_suspended", down)
-    monkeypatch.setattr(pool.time, "sleep", lambda s: None)
+    monkeypatch.setattr(pool, "time", types.SimpleNamespace(monotonic=lambda: 1000.0, sleep=lambda s: None))
     loop_worker.check_for_suspension(burst=False)
     loop_worker.check_for_suspension(burst=False)
     assert len(calls) == 2  # a failed check does not count as one
