@@ -348,7 +348,7 @@ def bench_memory(n: int = 300) -> dict[str, Any]:
         print(f"per stored message {out['bytes_per_stored_message']:.0f} B; per streamed event (token) "
               f"{out['bytes_per_streamed_event']:.0f} B while its stream lives; whole turn "
               f"{out['bytes_per_turn_total']:.0f} B (incl. firehose, outbox, usage log); the reply's guard keys "
-              f"(usage, budget; a month) {out['guard_bytes_per_reply']:.0f} B")
+              f"(usage, budget; kept a week) {out['guard_bytes_per_reply']:.0f} B")
         return out
     finally:
         stack.close()
