@@ -48,11 +48,12 @@ return {'ok'}
 
 #: ARGV[1]: settlements as one JSON array, each [guard key, day key, month key, reservations key,
 #: message id, cost in micros as a string]; ARGV[2]: how long a guard lives. Each releases the
-#: reply's hold and adds its cost, at most once (the guard). One argument for a whole batch:
-#: redis-py packs arguments one by one.
+#: reply's hold and adds its cost, at most once (the guard). A reply that cost nothing (a cache
+#: hit, a failure before the provider ran, a free provider) only releases its hold, which is safe
+#: to repeat: it sets no guard. One argument for a whole batch: redis-py packs arguments one by one.
 SETTLE = """
 for _, s in ipairs(cjson.decode(ARGV[1])) do
-  if redis.call('SET', s[1], '1', 'NX', 'EX', ARGV[2]) then
+  if tonumber(s[6]) <= 0 or redis.call('SET', s[1], '1', 'NX', 'EX', ARGV[2]) then
     local hold = s[5] .. '|'
     for _, member in ipairs(redis.call('ZRANGE', s[4], 0, -1)) do
       if string.sub(member, 1, #hold) == hold then redis.call('ZREM', s[4], member) end

@@ -130,3 +130,19 @@ def test_a_settlement_is_guarded_once_for_the_redelivery_window(ext):
     assert ext.redis.get(day_key) == "2500" and ext.redis.get(month_key) == "2500"
     ttl = ext.redis.ttl(ext.host.key("budget", "settled", "m-guard"))
     assert REDELIVERY_GUARD_S - 60 < ttl <= REDELIVERY_GUARD_S
+
+
+def test_a_reply_that_cost_nothing_releases_its_hold_and_leaves_no_guard(ext):
+    """Releasing a hold is safe to repeat, so a zero-cost settlement needs no guard key: a cache
+    hit or a free reply leaves nothing behind in Redis for a week."""
+    from plugins import budgets
+
+    at = time.time()
+    _, _, reserved = budgets.keys(ext.host, "u-free", at)
+    ext.redis.zadd(reserved, {"m-free|1000": at * 1000 + 60_000, "m-other|500": at * 1000 + 60_000})
+    for _ in range(2):  # a redelivery changes nothing
+        budgets.settle(ext.host, [("u-free", "m-free", at, 0)])
+    assert ext.redis.zrange(reserved, 0, -1) == ["m-other|500"]
+    assert not ext.redis.exists(ext.host.key("budget", "settled", "m-free"))
+    day_key, month_key, _ = budgets.keys(ext.host, "u-free", at)
+    assert ext.redis.get(day_key) is None and ext.redis.get(month_key) is None
