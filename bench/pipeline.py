@@ -332,10 +332,10 @@ def bench_memory(n: int = 300) -> dict[str, Any]:
         time.sleep(1)
         after = stack.redis.info("memory")["used_memory"]
         tokens = sum(int(stack.redis.hget(f"chatapp:msg:{m}", "seq") or 0) for m in mids)
-        streams = sum(stack.redis.memory_usage(f"chatapp:ev:{m}") or 0 for m in mids)
-        messages = sum((stack.redis.memory_usage(f"chatapp:msg:{m}") or 0) for m in mids)
+        streams = sum(stack.redis.memory_usage(f"chatapp:ev:{m}", samples=0) or 0 for m in mids)
+        messages = sum((stack.redis.memory_usage(f"chatapp:msg:{m}", samples=0) or 0) for m in mids)
         users = [stack.redis.hget(f"chatapp:msg:{m}", "reply_to") for m in mids]
-        messages += sum((stack.redis.memory_usage(f"chatapp:msg:{u}") or 0) for u in users if u)
+        messages += sum((stack.redis.memory_usage(f"chatapp:msg:{u}", samples=0) or 0) for u in users if u)
         guards = [f"chatapp:{kind}:{m}" for m in mids for kind in ("usage:seen", "budget:settled")]
         guard_bytes = sum(stack.redis.memory_usage(k) or 0 for k in guards)
         out = {"turns": n, "used_memory_delta_bytes": after - before,
