@@ -333,15 +333,17 @@ def bench_memory(n: int = 300) -> dict[str, Any]:
         after = stack.redis.info("memory")["used_memory"]
         tokens = sum(int(stack.redis.hget(f"chatapp:msg:{m}", "seq") or 0) for m in mids)
         streams = sum(stack.redis.memory_usage(f"chatapp:ev:{m}", samples=0) or 0 for m in mids)
-        messages = sum((stack.redis.memory_usage(f"chatapp:msg:{m}", samples=0) or 0) for m in mids)
         users = [stack.redis.hget(f"chatapp:msg:{m}", "reply_to") for m in mids]
-        messages += sum((stack.redis.memory_usage(f"chatapp:msg:{u}", samples=0) or 0) for u in users if u)
+        message_keys = [f"chatapp:msg:{m}" for m in [*mids, *(u for u in users if u)]]
+        messages = sum((stack.redis.memory_usage(key, samples=0) or 0) for key in message_keys)
+        listpack = _bytes_as_listpacks(stack.redis, message_keys)
         guards = [f"chatapp:{kind}:{m}" for m in mids for kind in ("usage:seen", "budget:settled")]
         guard_bytes = sum(stack.redis.memory_usage(k) or 0 for k in guards)
         out = {"turns": n, "used_memory_delta_bytes": after - before,
                "guard_bytes_per_reply": guard_bytes / n,
                "bytes_per_turn_total": (after - before) / n,
                "bytes_per_stored_message": messages / (2 * n),
+               "bytes_per_stored_message_listpack_1024": listpack / (2 * n),
                "events_per_reply": tokens / n,
                "bytes_per_streamed_event": streams / max(tokens, 1),
                "note": "events kept STREAM_TTL_S (default 1 day) after a reply ends; echo sends one event a word"}
@@ -349,9 +351,28 @@ def bench_memory(n: int = 300) -> dict[str, Any]:
               f"{out['bytes_per_streamed_event']:.0f} B while its stream lives; whole turn "
               f"{out['bytes_per_turn_total']:.0f} B (incl. firehose, outbox, usage log); the reply's guard keys "
               f"(usage, budget; kept a week) {out['guard_bytes_per_reply']:.0f} B")
+        print(f"per stored message with hash-max-listpack-value 1024: "
+              f"{out['bytes_per_stored_message_listpack_1024']:.0f} B (Redis's default, 64, makes any hash with a "
+              f"longer value, such as the content, a hash table)")
         return out
     finally:
         stack.close()
+
+
+def _bytes_as_listpacks(client: redis.Redis, keys: list[str]) -> int:
+    """What ``keys`` (hashes) would take with ``hash-max-listpack-value 1024``: each is copied to
+    a scratch key under that setting and measured. Only for the bench's own redis-server."""
+    old = client.config_get("hash-max-listpack-value")["hash-max-listpack-value"]
+    client.config_set("hash-max-listpack-value", 1024)
+    try:
+        total = 0
+        for key in keys:
+            client.hset("bench:listpack", mapping=client.hgetall(key))
+            total += client.memory_usage("bench:listpack", samples=0) or 0
+            client.delete("bench:listpack")
+        return total
+    finally:
+        client.config_set("hash-max-listpack-value", old)
 
 
 if __name__ == "__main__":

@@ -57,3 +57,21 @@ def test_embedded_app_chats_out_of_the_box(tmp_path, mode):
         ws.close()
     finally:
         proc.kill(15)
+
+
+def test_the_embedded_redis_server_keeps_message_hashes_compact(tmp_path):
+    """Its hashes stay listpacks with values up to 1 KB, so a stored message with a few hundred
+    bytes of content takes about half the memory it would at Redis's default."""
+    import redis
+
+    from chatapp.embedded import start_redis_server
+    from tests.conftest import redis_binary
+
+    url, proc = start_redis_server(redis_binary(), str(tmp_path / "data"))
+    try:
+        client = redis.Redis.from_url(url, decode_responses=True)
+        client.hset("message", mapping={"role": "user", "content": "word " * 100, "meta": "{}"})
+        assert client.object("encoding", "message") in ("listpack", "ziplist")  # Redis 7, 6.2
+    finally:
+        proc.terminate()
+        proc.wait(10)
