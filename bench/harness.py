@@ -54,6 +54,13 @@ def machine() -> dict[str, Any]:
             "processor": platform.processor() or platform.machine()}
 
 
+def _stat_cpu_s(path: str) -> float:
+    """User + system CPU seconds from a ``/proc/.../stat`` file (a process's or a thread's)."""
+    with open(path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Stack:
     """redis-server + gunicorn web + ``python -m workers``, all on loopback, torn down at exit."""
 
@@ -151,9 +158,7 @@ class Stack:
     @staticmethod
     def cpu_s(pid: int) -> float:
         """CPU seconds (user + system) the process has used so far."""
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _stat_cpu_s(f"/proc/{pid}/stat")
 
     @staticmethod
     def thread_cpu_s(pid: int) -> dict[str, float]:
@@ -167,13 +172,12 @@ class Stack:
             try:
                 with open(f"/proc/{pid}/task/{tid}/comm") as f:
                     comm = f.read().strip()
-                with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
+                cpu = _stat_cpu_s(f"/proc/{pid}/task/{tid}/stat")
             except FileNotFoundError:  # the thread ended meanwhile
                 continue
             group = "rq_loop" if tid == str(pid) else next(
                 (g for prefix, g in groups.items() if comm.startswith(prefix)), "other_threads")
-            out[group] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            out[group] += cpu
         return out
 
     def usage(self) -> dict[str, float]:

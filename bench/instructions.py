@@ -28,10 +28,9 @@ import tempfile
 from typing import Any
 
 import redis
-from rq import Queue
 
 from bench.harness import ROOT, Stack, free_port, run_cli
-from bench.pipeline import FIXED_PART, INSTANT, swap_reply_jobs
+from bench.pipeline import FIXED_PART, INSTANT, enqueue_noops, swap_reply_jobs
 
 SMALL, LARGE = 100, 300
 KINDS = ("bare", "fixed_part", "reply")
@@ -44,11 +43,7 @@ def _fill(kind: str, k: int, url: str) -> None:
     """Queue ``k`` items of ``kind`` in the Redis at ``url``."""
     raw = redis.Redis.from_url(url)
     if kind == "bare":
-        queue = Queue("chat", connection=raw)
-        with raw.pipeline() as pipe:
-            queue.enqueue_many([Queue.prepare_data("bench.pipeline.noop", result_ttl=600) for _ in range(k)],
-                               pipeline=pipe)
-            pipe.execute()
+        enqueue_noops(raw, k)
         return
     from chatapp.app import create_app
 

@@ -30,6 +30,14 @@ def noop() -> None:
     """The bare-RQ baseline's job: nothing at all."""
 
 
+def enqueue_noops(raw: redis.Redis, n: int) -> None:
+    """Queue ``n`` baseline no-op jobs on queue ``chat`` in one round trip."""
+    queue = Queue("chat", connection=raw)
+    with raw.pipeline() as pipe:
+        queue.enqueue_many([Queue.prepare_data("bench.pipeline.noop", result_ttl=600) for _ in range(n)], pipeline=pipe)
+        pipe.execute()
+
+
 def fixed_part_of_a_reply(message_id: str) -> str:
     """A second baseline: what the design asks of every reply job whatever it generates, and
     nothing more. The fenced claim (it reads what the request renders from), a fenced finish with
@@ -71,7 +79,7 @@ def _wait_until(check: Any, timeout: float) -> float:
 def _per_item(stack: Stack, before: dict[str, float], count: int) -> dict[str, float]:
     """What each item cost since ``before``: CPU ms per process and Redis commands."""
     after = stack.usage()
-    out = {k.replace("_cpu_s", "_cpu_ms"): round((after[k] - before.get(k, 0.0)) * 1000 / count, 3)
+    out = {k.replace("_cpu_s", "_cpu_ms"): round((after[k] - before[k]) * 1000 / count, 3)
            for k in after if k.endswith("_cpu_s")}
     out["redis_commands"] = round((after["redis_commands"] - before["redis_commands"]) / count, 1)
     return out
@@ -88,9 +96,7 @@ def _bare_rq_rate(stack: Stack, n: int, backlog: bool = False, costs: list | Non
     if backlog:
         _suspend(raw)
     t0 = time.monotonic()
-    with raw.pipeline() as pipe:
-        queue.enqueue_many([Queue.prepare_data("bench.pipeline.noop", result_ttl=600) for _ in range(n)], pipeline=pipe)
-        pipe.execute()
+    enqueue_noops(raw, n)
     counted = n
     if backlog:
         used = stack.usage()
