@@ -53,12 +53,13 @@ return {'ok'}
 #: to repeat: it sets no guard. One argument for a whole batch: redis-py packs arguments one by one.
 SETTLE = """
 for _, s in ipairs(cjson.decode(ARGV[1])) do
-  if tonumber(s[6]) <= 0 or redis.call('SET', s[1], '1', 'NX', 'EX', ARGV[2]) then
+  local cost = tonumber(s[6])
+  if cost <= 0 or redis.call('SET', s[1], '1', 'NX', 'EX', ARGV[2]) then
     local hold = s[5] .. '|'
     for _, member in ipairs(redis.call('ZRANGE', s[4], 0, -1)) do
       if string.sub(member, 1, #hold) == hold then redis.call('ZREM', s[4], member) end
     end
-    if tonumber(s[6]) > 0 then
+    if cost > 0 then
       redis.call('INCRBY', s[2], s[6])
       redis.call('EXPIRE', s[2], 3 * 86400)
       redis.call('INCRBY', s[3], s[6])
