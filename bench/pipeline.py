@@ -20,6 +20,7 @@ from rq import Queue
 from rq.suspension import resume, suspend
 
 from bench.harness import BIN, ROOT, Stack, capped, run_cli, summary
+from workers import rides
 from workers.pool import SUSPENSION_CHECK_EVERY_S
 
 #: an instant provider, no cache: what is measured is the pipeline, not generation
@@ -38,18 +39,20 @@ def enqueue_noops(raw: redis.Redis, n: int) -> None:
         pipe.execute()
 
 
+@rides.rides_on_rq
 def fixed_part_of_a_reply(message_id: str) -> str:
     """A second baseline: what the design asks of every reply job whatever it generates, and
     nothing more. The fenced claim (it reads what the request renders from), a fenced finish with
-    one event, and the finisher's after_generation once per reply (handed a request without
-    history, so it renders none). No prompt render, no provider call, no pricing, no log line."""
+    one event (both riding on RQ's round trips, as a reply's do), and the finisher's
+    after_generation once per reply (handed a request without history, so it renders none). No
+    prompt render, no provider call, no pricing, no log line."""
     from chatapp.models import DONE, ChatRequest, GenerationResult
     from workers import runtime
     from workers.finisher import RENDERED
 
-    ext, _keeper, writer = runtime.get()
-    token = writer.for_run(message_id).token
-    claim = ext.replies.claim(message_id, token)
+    ext = runtime.get()[0]
+    ride = rides.for_run(message_id)
+    claim = ride.claim(ext.replies)
     if claim.status != "ok" or claim.source is None:
         return claim.status
     record = claim.source.record
@@ -58,7 +61,7 @@ def fixed_part_of_a_reply(message_id: str) -> str:
     RENDERED.put(message_id, request)
     result = GenerationResult(message_id, DONE, "ok", provider=request.provider, model=request.model,
                               finish_reason="stop", attempt=claim.attempt)
-    ext.replies.finish(message_id, token, result, [("delta", {"text": "ok"}, "ok")])
+    ride.finish(ext.replies, result, [("delta", {"text": "ok"}, "ok")], lambda finished: None)
     return DONE
 
 

@@ -146,10 +146,15 @@ class Replies:
     # -- worker side ----------------------------------------------------------------------
     def claim(self, mid: str, token: str) -> Claim:
         """Take the reply for this run and read what its request is rendered from, in one step."""
-        out = self.scripts.claim(args=[
-            self.prefix, mid, token, now_ms(), self.lease_ms, self.max_attempts, *self._fallback_fins,
-            self.history_budget, HISTORY_MAX_MESSAGES,
-        ])
+        return self.read_claim(self.scripts.claim(args=self.claim_args(mid, token)))
+
+    def claim_args(self, mid: str, token: str) -> list[Any]:
+        """The claim script's arguments (for a caller that sends it in a pipeline of its own)."""
+        return [self.prefix, mid, token, now_ms(), self.lease_ms, self.max_attempts, *self._fallback_fins,
+                self.history_budget, HISTORY_MAX_MESSAGES]
+
+    def read_claim(self, out: list[Any]) -> Claim:
+        """The claim script's answer as a ``Claim``."""
         if out[0] != "ok":
             return Claim(out[0])
         source = ReplySource(pairs(out[4]), pairs(out[5]), out[6], turns_oldest_first(out[7]), self.history_budget)
@@ -186,6 +191,11 @@ class Replies:
     def finish(self, mid: str, token: str, result: GenerationResult, events: list[Event] | None = None) -> bool:
         """Write the run's last ``events``, then end the reply with ``result``, in one step; True
         only for the one run that did it (a fenced-out run writes nothing)."""
+        return self.scripts.finish(args=self.finish_args(mid, token, result, events)) != -1
+
+    def finish_args(self, mid: str, token: str, result: GenerationResult, events: list[Event] | None = None) -> list[Any]:
+        """The finish script's arguments (for a caller that sends it in a pipeline of its own; it
+        answers -1 when this run was fenced out)."""
         error = None
         if result.state == FAILED:
             err = result.error or {}
@@ -201,7 +211,7 @@ class Replies:
                   "started_at": result.started_at, "finished_at": result.finished_at,
                   "cost_breakdown": result.cost.breakdown if result.cost else {}},
         )
-        return self.scripts.finish(args=[self.prefix, mid, token, fin, _events_json(events or [])]) != -1
+        return [self.prefix, mid, token, fin, _events_json(events or [])]
 
     def renew(self, worker_id: str, held: dict[str, str], worker_ttl_ms: int) -> dict[str, str]:
         """Renew leases of ``held`` {mid: token}; returns {mid: 'ok'|'cancel'|'lost'}."""

@@ -47,3 +47,64 @@ def test_a_suspension_check_redis_cannot_answer_is_retried_at_the_next_job(loop_
     loop_worker.check_for_suspension(burst=False)
     loop_worker.check_for_suspension(burst=False)
     assert len(calls) == 2  # a failed check does not count as one
+
+
+def noop() -> str:
+    return "ran"
+
+
+def queued_noop(ext):
+    from rq import Queue
+    from rq.job import Job
+
+    queue = Queue(ext.queue.names[0], connection=ext.clients.raw)
+    return Job.fetch(queue.enqueue(noop).id, connection=ext.clients.raw), queue
+
+
+def test_the_loop_hands_a_dequeued_job_over_without_a_round_trip_of_its_own(ext, loop_worker, monkeypatch):
+    import threading
+    import time
+
+    from tests.round_trips import RoundTrips
+
+    job, queue = queued_noop(ext)
+    trips = RoundTrips(monkeypatch, threading.get_ident())
+    loop_worker.slots.acquire()  # what the dequeue does before it takes a job
+    loop_worker.execute_job(job, queue)
+    assert trips.take() == []  # RQ's record of the start is made in the job's thread
+    deadline = time.monotonic() + 10
+    while job.get_status(refresh=True) != "finished":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert job.return_value() == "ran" and loop_worker.in_flight == 0
+
+
+def test_the_pool_says_idle_only_when_no_job_runs(ext, loop_worker):
+    state = lambda: ext.clients.raw.hget(loop_worker.key, "state")  # noqa: E731
+    loop_worker.set_state("busy")
+    loop_worker.in_flight = 1
+    loop_worker.set_state("idle")  # RQ's before every dequeue: the pool is still busy
+    assert state() == b"busy"
+    loop_worker.in_flight = 0
+    loop_worker.set_state("idle")
+    assert state() == b"idle"
+
+
+def test_a_job_whose_start_redis_cannot_record_is_kept_until_it_can(ext, loop_worker, monkeypatch):
+    import redis
+
+    job, _queue = queued_noop(ext)
+    record, failures = loop_worker.prepare_execution, []
+
+    def flaky(job):
+        if len(failures) < 2:
+            failures.append(1)
+            raise redis.exceptions.ConnectionError("down")
+        return record(job)
+
+    monkeypatch.setattr(loop_worker, "prepare_execution", flaky)
+    monkeypatch.setattr(pool, "time", types.SimpleNamespace(sleep=lambda s: None))
+    assert loop_worker._record_start(job) is not None and len(failures) == 2
+    failures.clear()
+    loop_worker.stop_soon()  # asked to stop: the job is let go (the reaper enqueues its reply again)
+    assert loop_worker._record_start(job) is None

@@ -1,7 +1,8 @@
 """The RQ job: generate one reply. It takes only the reply's id and is safe to run twice.
 
 Ownership comes from a fenced claim (``chatapp.replies``); every event write and the finish are
-checked against the claim's token, so an orphaned or duplicate run cannot add text or finish the
+checked against the claim's token (when ``workers.pool``'s worker runs the job, the claim and the finish ride in RQ's
+own round trips: ``workers.rides``), so an orphaned or duplicate run cannot add text or finish the
 reply a second time. A resumed attempt skips the text already delivered.
 """
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import redis
 from rq.timeouts import JobTimeoutException
@@ -21,8 +22,7 @@ from chatapp.models import (
     CANCELLED, DONE, FAILED, ChatRequest, GenerationContext, GenerationResult, Message, Provider, Step, Usage,
 )
 from chatapp.replies import Claim, Event, FencedOut
-from workers import runtime
-from workers.event_writer import RunWrites
+from workers import rides, runtime
 from workers.finisher import RENDERED
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,21 +37,24 @@ DEADLINE_MARGIN_S = 20
 CANCEL_DRAIN_S = 10.0
 
 
+@rides.rides_on_rq
 def generate_reply(message_id: str) -> str:
-    """RQ entry point. Returns how the run ended (for RQ's result), never raises for reply errors."""
-    ext, keeper, writer = runtime.get()
-    return ReplyRun(ext, keeper, writer.for_run(message_id), message_id).run()
+    """RQ entry point. Returns how the run ended (for RQ's result), never raises for reply errors.
+    (When the finish rides on RQ's end record, it is sent after this returns: a run fenced out
+    there returns the state it tried to finish with, and logs that it was fenced out.)"""
+    ext, keeper, _writer = runtime.get()
+    return ReplyRun(ext, keeper, rides.for_run(message_id)).run()
 
 
 class ReplyRun:
-    def __init__(self, ext: "ChatApp", keeper: "LeaseKeeper", writes: RunWrites, mid: str) -> None:
-        self.ext, self.keeper, self.writes, self.mid = ext, keeper, writes, mid
-        self.token = writes.token
+    def __init__(self, ext: "ChatApp", keeper: "LeaseKeeper", ride: rides.Ride) -> None:
+        self.ext, self.keeper, self.ride, self.mid = ext, keeper, ride, ride.mid
+        self.writes, self.token = ride.writes, ride.token
         self.unwritten: list[Event] = []  # the run's last events: they go out with its finish
 
     def run(self) -> str:
         reply_context.set({"message_id": self.mid})
-        claim = self.ext.replies.claim(self.mid, self.token)
+        claim = self.ride.claim(self.ext.replies)
         if claim.status != "ok":
             log.info("reply %s not run: %s", self.mid, claim.status)
             return claim.status
@@ -59,8 +62,7 @@ class ReplyRun:
             request, provider = self.build_request(claim)
         except ChatAppError as err:
             result = GenerationResult(self.mid, FAILED, "", error=err.to_dict()["error"], attempt=claim.attempt)
-            self.ext.replies.finish(self.mid, self.token, result)
-            return FAILED
+            return self.end(result, [])
         context = GenerationContext(
             message_id=self.mid, attempt=claim.attempt, resume_state=claim.resume_state,
             deadline=time.time() + max(5, int(self.ext.config["JOB_TIMEOUT_S"]) - DEADLINE_MARGIN_S),
@@ -136,10 +138,19 @@ class ReplyRun:
                                                   host=self.ext.host)
         except Exception:
             log.exception("price_generation failed for %s; recording no cost", self.mid)
-        if not self.ext.replies.finish(self.mid, self.token, result, self.unwritten):
-            return "fenced"
-        log_finished(result, request)
-        return result.state  # after_generation runs from the finished-replies outbox (finisher.py)
+        # after_generation runs from the finished-replies outbox (finisher.py)
+        return self.end(result, self.unwritten, lambda: log_finished(result, request))
+
+    def end(self, result: GenerationResult, events: list[Event], logged: Callable[[], None] | None = None) -> str:
+        """Finish the reply with ``result`` after ``events``; ``logged`` runs if this run did.
+        On RQ, the finish goes out with RQ's record of the job's end, after this returns."""
+        def then(finished: bool) -> None:
+            if not finished:
+                log.info("reply %s: fenced out at its finish", self.mid)
+            elif logged is not None:
+                logged()
+
+        return "fenced" if self.ride.finish(self.ext.replies, result, events, then) is False else result.state
 
 
 def log_finished(result: GenerationResult, request: ChatRequest) -> None:

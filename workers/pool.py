@@ -4,6 +4,11 @@ Generations are I/O-bound (waiting on the provider), so a ``SimpleWorker`` hands
 bounded thread pool; a slot is taken *before* dequeuing, so a dequeued job never waits.
 RQ's SIGALRM job timeout only works in the main thread, hence ``TimerDeathPenalty``.
 
+The loop that dequeues every job is the one part that runs jobs one after another, so it does
+nothing else per job: RQ's record of a job's start is made in the job's thread, and the worker
+is marked idle only when no job runs (RQ marks it before every dequeue, a round trip each). A
+reply job's claim and finish ride in RQ's own round trips (``workers.rides``).
+
 RQ retries Redis connection errors only inside its dequeue wait; one anywhere else in its loop
 (a heartbeat, the suspension check, maintenance, recording a job's start) makes ``work()`` quit,
 and the process exits with every later reply left queued. A Redis blip (killed connections, a
@@ -22,6 +27,7 @@ import redis
 from rq import SimpleWorker
 from rq.timeouts import TimerDeathPenalty
 
+from workers import rides
 from workers.thread_names import name_os_thread
 
 log = logging.getLogger(__name__)
@@ -74,6 +80,13 @@ class ThreadPoolWorker(SimpleWorker):
             log.warning("worker heartbeat: Redis unavailable (%s); carrying on", type(exc).__name__)
             return None
 
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        # RQ marks the worker idle before every dequeue, a round trip per job on the loop that
+        # dequeues them all. A pool with replies running is busy: it says idle only when none are.
+        if state == "idle" and self.in_flight and pipeline is None:
+            return
+        super().set_state(state, pipeline)
+
     def check_for_suspension(self, burst: bool) -> None:
         # RQ checks before every job, with a full heartbeat in the same round trip. At hundreds of
         # jobs a second that is a round trip per job on the loop that dequeues them all; `rq
@@ -124,36 +137,58 @@ class ThreadPoolWorker(SimpleWorker):
         return result
 
     def execute_job(self, job: Any, queue: Any) -> None:
-        attempt = 0
-        while True:
-            try:
-                execution = self.prepare_execution(job)
-                break
-            except REDIS_DOWN as exc:
-                # the job is already off the queue: keep it until Redis answers (as RQ's dequeue
-                # does), unless this worker is asked to stop
-                if self._stop_requested:
-                    log.error("job %s: stopping before its start could be recorded (%s)", job.id,
-                              type(exc).__name__)
-                    self.slots.release()
-                    return
-                wait = PREPARE_RETRY_WAITS_S[min(attempt, len(PREPARE_RETRY_WAITS_S) - 1)]
-                attempt += 1
-                log.warning("job %s: Redis unavailable (%s); retrying in %.1f s", job.id, type(exc).__name__, wait)
-                time.sleep(wait)
+        # Everything after the dequeue happens in the job's thread, RQ's record of the job's start
+        # included: this loop dequeues every job, so each round trip it makes per job caps the
+        # rate for all of them.
         with self._count_lock:
             self.in_flight += 1
-        self.pool.submit(self._perform, job, queue, execution)
+        self.pool.submit(self._perform, job, queue)
 
-    def _perform(self, job: Any, queue: Any, execution: Any) -> None:
+    def _perform(self, job: Any, queue: Any) -> None:
         try:
-            self.perform_job(job, queue, execution)
+            execution = self._record_start(job)
+            if execution is not None:
+                with rides.riding(rides.for_job(job)):
+                    self.perform_job(job, queue, execution)
         except Exception:
             log.exception("job %s crashed outside the job function", job.id)
         finally:
             with self._count_lock:
                 self.in_flight -= 1
             self.slots.release()
+
+    def _record_start(self, job: Any) -> Any:
+        """RQ's ``prepare_execution``, retried while Redis is unreachable: the job is already off
+        the queue, so it is kept (as RQ's dequeue does) unless this worker is asked to stop."""
+        attempt = 0
+        while True:
+            try:
+                return self.prepare_execution(job)
+            except REDIS_DOWN as exc:
+                if self._stop_requested:
+                    log.error("job %s: stopping before its start could be recorded (%s)", job.id,
+                              type(exc).__name__)
+                    return None
+                wait = PREPARE_RETRY_WAITS_S[min(attempt, len(PREPARE_RETRY_WAITS_S) - 1)]
+                attempt += 1
+                log.warning("job %s: Redis unavailable (%s); retrying in %.1f s", job.id, type(exc).__name__, wait)
+                time.sleep(wait)
+
+    def prepare_job_execution(self, job: Any, remove_from_intermediate_queue: bool = False) -> None:
+        # a reply job's claim rides in the round trip that records its start (rides.py)
+        ride = rides.current()
+        if ride is not None:
+            rides.record_start(self, job, ride, remove_from_intermediate_queue)
+        else:
+            super().prepare_job_execution(job, remove_from_intermediate_queue)
+
+    def handle_execution_ended(self, job: Any, queue: Any, heartbeat_ttl: int) -> None:
+        # a reply job's finish rides in the round trip that records the end of its execution
+        ride = rides.current()
+        if ride is not None and ride.finishing:
+            rides.record_end(job, heartbeat_ttl, ride)
+        else:
+            super().handle_execution_ended(job, queue, heartbeat_ttl)
 
     def drain(self) -> bool:
         """Wait (up to ``drain_timeout_s``) for running replies; unfinished ones are resumed elsewhere
