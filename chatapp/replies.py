@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 
+from chatapp import fastjson
 from chatapp.errors import ChatAppError, GenerationLost
 from chatapp.ids import now_ms
 from chatapp.models import CANCELLED, DONE, FAILED, GenerationResult, Message, Usage
@@ -50,8 +51,7 @@ class Claim:
     source: ReplySource | None = None
 
 
-#: compact JSON; one encoder for every call (json.dumps with options builds one per call)
-_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_json = fastjson.dumps
 
 
 def _events_json(events: list[Event]) -> str:
