@@ -193,7 +193,8 @@ class Replies:
         only for the one run that did it (a fenced-out run writes nothing)."""
         return self.scripts.finish(args=self.finish_args(mid, token, result, events)) != -1
 
-    def finish_args(self, mid: str, token: str, result: GenerationResult, events: list[Event] | None = None) -> list[Any]:
+    def finish_args(self, mid: str, token: str, result: GenerationResult,
+                    events: list[Event] | None = None) -> list[Any]:
         """The finish script's arguments (for a caller that sends it in a pipeline of its own; it
         answers -1 when this run was fenced out)."""
         error = None

@@ -14,7 +14,7 @@ VALUES = [
     {"usage": {"input_tokens": 540, "output_tokens": 7}, "cost_usd": 0.000123, "cached": False, "error": None},
     1e14, 1e-7, 0.1 + 0.2, -0.0, 12345678901234567890, -5, True, None, [], {},
     {"nested": [{"a": [1, 2.5, None, {"b": "c"}]}], "n": float("nan"), "i": float("inf")},
-    {1: "int keys", 2.5: "float keys", None: "null key", True: "bool key"},
+    {1: "int keys", 2.5: "float keys", None: "null key", False: "bool key"},
 ]
 
 

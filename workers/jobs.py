@@ -1,9 +1,9 @@
 """The RQ job: generate one reply. It takes only the reply's id and is safe to run twice.
 
 Ownership comes from a fenced claim (``chatapp.replies``); every event write and the finish are
-checked against the claim's token (when ``workers.pool``'s worker runs the job, the claim and the finish ride in RQ's
-own round trips: ``workers.rides``), so an orphaned or duplicate run cannot add text or finish the
-reply a second time. A resumed attempt skips the text already delivered.
+checked against the claim's token, so an orphaned or duplicate run cannot add text or finish the
+reply a second time. A resumed attempt skips the text already delivered. When ``workers.pool``'s
+worker runs the job, the claim and the finish ride in RQ's own round trips (``workers.rides``).
 """
 from __future__ import annotations
 
