@@ -48,12 +48,10 @@ def fixed_part_of_a_reply(message_id: str) -> str:
     after_generation once per reply (handed a request without history, so it renders none). No
     prompt render, no provider call, no pricing, no log line."""
     from chatapp.models import DONE, ChatRequest, GenerationResult
-    from workers import runtime
     from workers.finisher import RENDERED
 
-    ext = runtime.get()[0]
     ride = rides.for_run(message_id)
-    claim = ride.claim(ext.replies)
+    claim = ride.claim()
     if claim.status != "ok" or claim.source is None:
         return claim.status
     record = claim.source.record
@@ -62,7 +60,7 @@ def fixed_part_of_a_reply(message_id: str) -> str:
     RENDERED.put(message_id, request)
     result = GenerationResult(message_id, DONE, "ok", provider=request.provider, model=request.model,
                               finish_reason="stop", attempt=claim.attempt)
-    ride.finish(ext.replies, result, [("delta", {"text": "ok"}, "ok")], lambda finished: None)
+    ride.finish(result, [("delta", {"text": "ok"}, "ok")], lambda finished: None)
     return DONE
 
 

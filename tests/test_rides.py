@@ -15,6 +15,7 @@ from rq.worker import BaseWorker
 
 from chatapp.models import DONE, GenerationResult
 from tests.conftest import InThreadWorker
+from tests.test_reliability import queued_reply
 from tests.round_trips import RoundTrips
 from workers import rides
 from workers.pool import ThreadPoolWorker
@@ -53,9 +54,8 @@ def idle_worker(ext, services):
 
 
 def queued_reply_job(ext) -> tuple[str, Job]:
-    user = ext.users.create(f"u{time.monotonic_ns()}")[0]
-    accepted = ext.chat.send(user, conversation_id=None, content="one two three")
-    mid = accepted.message_id
+    """A reply waiting on the queue: its id and its RQ job."""
+    mid = queued_reply(ext, "one two three")[1].message_id
     return mid, Job.fetch(ext.queue.first_job_id(mid), connection=ext.clients.raw)
 
 
@@ -75,7 +75,7 @@ def test_the_claim_rides_in_the_round_trip_rq_records_a_start_in(ext, idle_worke
     assert ("LREM", "rq:queue:" + rq_job.origin + ":intermediate") in rq_trips[0] or not one_queue
     assert job.get_status(refresh=True) == "started" and job.worker_name == idle_worker.name
     assert ride.claimed is not None and ride.claimed.status == "ok" and ride.claimed.attempt == 1
-    assert ride.claimed.source.record["id"] == mid and ride.claim(ext.replies) is ride.claimed
+    assert ride.claimed.source.record["id"] == mid and ride.claim() is ride.claimed
     assert ext.redis.hget(f"{ext.prefix}msg:{mid}", "owner") == ride.writes.token
 
 
@@ -85,7 +85,7 @@ def test_the_finish_rides_in_the_round_trip_rq_records_an_executions_end_in(ext,
     ride = rides.for_job(job)
     rides.record_start(idle_worker, job, ride)
     finished = []
-    assert ride.finish(ext.replies, GenerationResult(mid, DONE, "hi"), [], finished.append) is None
+    assert ride.finish(GenerationResult(mid, DONE, "hi"), [], finished.append) is None
     assert finished == [] and ride.finishing
     trips = RoundTrips(monkeypatch, threading.get_ident())
     BaseWorker.handle_execution_ended(idle_worker, rq_job, rq_job.origin, 60)
@@ -106,7 +106,7 @@ def test_a_fenced_out_ridden_finish_writes_nothing_and_says_so(ext, idle_worker)
     rides.record_start(idle_worker, job, ride)
     finished = []
     ride.writes.token = "not-the-owner"
-    ride.finish(ext.replies, GenerationResult(mid, DONE, "hi"), [], finished.append)
+    ride.finish(GenerationResult(mid, DONE, "hi"), [], finished.append)
     rides.record_end(job, 60, ride)
     assert finished == [False]
     assert ext.redis.hget(f"{ext.prefix}msg:{mid}", "state") == "generating"

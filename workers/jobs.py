@@ -54,7 +54,7 @@ class ReplyRun:
 
     def run(self) -> str:
         reply_context.set({"message_id": self.mid})
-        claim = self.ride.claim(self.ext.replies)
+        claim = self.ride.claim()
         if claim.status != "ok":
             log.info("reply %s not run: %s", self.mid, claim.status)
             return claim.status
@@ -150,7 +150,7 @@ class ReplyRun:
             elif logged is not None:
                 logged()
 
-        return "fenced" if self.ride.finish(self.ext.replies, result, events, then) is False else result.state
+        return "fenced" if self.ride.finish(result, events, then) is False else result.state
 
 
 def log_finished(result: GenerationResult, request: ChatRequest) -> None:

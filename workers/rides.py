@@ -42,11 +42,13 @@ _local = threading.local()
 
 @dataclass
 class Ride:
-    """One run of a reply job: its writes (and fencing token), and how it claims and finishes.
-    ``on_rq``: its claim was sent with RQ's record of the job's start (the answer waits in
-    ``claimed``) and its finish waits for RQ's record of the end; else each is a round trip."""
+    """One run of a reply job: its writes (and fencing token), and how it claims and finishes
+    through ``replies``. ``on_rq``: its claim was sent with RQ's record of the job's start (the
+    answer waits in ``claimed``) and its finish waits for RQ's record of the end; else each is a
+    round trip."""
     mid: str
     writes: RunWrites
+    replies: Replies
     on_rq: bool = False
     claimed: Claim | None = None
     finish_args: list[Any] | None = None
@@ -56,19 +58,18 @@ class Ride:
     def token(self) -> str:
         return self.writes.token
 
-    def claim(self, replies: Replies) -> Claim:
+    def claim(self) -> Claim:
         """The run's claim: the answer that came with RQ's start record, else one of its own."""
-        return self.claimed or replies.claim(self.mid, self.token)
+        return self.claimed or self.replies.claim(self.mid, self.token)
 
-    def finish(self, replies: Replies, result: GenerationResult, events: list[Event],
-               then: Callable[[bool], None]) -> bool | None:
+    def finish(self, result: GenerationResult, events: list[Event], then: Callable[[bool], None]) -> bool | None:
         """End the reply with ``result`` after ``events``; ``then(finished)`` is told whether this
         run did (False: it was fenced out). On RQ, that happens after the job function returns,
         and this returns None; else now, and this returns it too."""
         if self.on_rq:
-            self.finish_args, self.on_finished = replies.finish_args(self.mid, self.token, result, events), then
+            self.finish_args, self.on_finished = self.replies.finish_args(self.mid, self.token, result, events), then
             return None
-        finished = replies.finish(self.mid, self.token, result, events)
+        finished = self.replies.finish(self.mid, self.token, result, events)
         then(finished)
         return finished
 
@@ -93,15 +94,18 @@ def for_job(job: "Job") -> Ride | None:
         return None
     if len(job.args) != 1 or not getattr(function, "rides_on_rq", False):
         return None
-    _ext, _keeper, writer = runtime.get()
-    return Ride(job.args[0], writer.for_run(job.args[0]), on_rq=True)
+    ext, _keeper, writer = runtime.get()
+    return Ride(job.args[0], writer.for_run(job.args[0]), ext.replies, on_rq=True)
 
 
 def for_run(mid: str) -> Ride:
     """What a reply job function runs with: the ride the worker made for it, else (run by a plain
     RQ worker, or called directly) a new run that claims and finishes on its own."""
     ride = current(mid)
-    return ride if ride is not None else Ride(mid, runtime.get()[2].for_run(mid))
+    if ride is not None:
+        return ride
+    ext, _keeper, writer = runtime.get()
+    return Ride(mid, writer.for_run(mid), ext.replies)
 
 
 def current(mid: str | None = None) -> Ride | None:
@@ -122,10 +126,10 @@ def riding(ride: Ride | None) -> Iterator[None]:
 
 def record_start(worker: "BaseWorker", job: "Job", ride: Ride, remove_from_intermediate_queue: bool = False) -> None:
     """``BaseWorker.prepare_job_execution`` (run in the job's thread), with the reply's claim in
-    the same transaction. The claim's answer waits in ``ride.claim`` (left None if Redis could not
-    run the script: the job then claims on its own)."""
-    ext = runtime.get()[0]
-    with ext.redis.pipeline() as pipe:
+    the same transaction. The claim's answer waits in ``ride.claimed`` (left None if Redis could
+    not run the script: the job then claims on its own)."""
+    replies = ride.replies
+    with replies.redis.pipeline() as pipe:
         heartbeat_ttl = worker.get_heartbeat_ttl(job)
         worker.heartbeat(heartbeat_ttl, pipeline=pipe)
         job.heartbeat(now(), heartbeat_ttl, pipeline=pipe)
@@ -134,27 +138,27 @@ def record_start(worker: "BaseWorker", job: "Job", ride: Ride, remove_from_inter
         if remove_from_intermediate_queue:
             pipe.lrem(Queue(job.origin, connection=worker.connection).intermediate_queue_key, 1, job.id)
         # EVALSHA directly: a Script in a pipeline costs a SCRIPT EXISTS round trip each time
-        pipe.evalsha(ext.replies.scripts.claim.sha, 0, *ext.replies.claim_args(ride.mid, ride.token))
+        pipe.evalsha(replies.scripts.claim.sha, 0, *replies.claim_args(ride.mid, ride.token))
         *rq_answers, claimed = pipe.execute(raise_on_error=False)
     _raise_first(rq_answers)
     if not isinstance(claimed, Exception):
-        ride.claimed = ext.replies.read_claim(claimed)
+        ride.claimed = replies.read_claim(claimed)
     worker.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")
 
 
 def record_end(job: "Job", heartbeat_ttl: int, ride: Ride) -> None:
     """``BaseWorker.handle_execution_ended``, with the finish the job left in the same round trip."""
-    ext = runtime.get()[0]
+    replies = ride.replies
     args, then = ride.finish_args, ride.on_finished
     ride.finish_args = ride.on_finished = None  # sent once, even if RQ calls this again after an error
     assert args is not None
     job.ended_at = now()
-    with ext.redis.pipeline(transaction=False) as pipe:
+    with replies.redis.pipeline(transaction=False) as pipe:
         job.heartbeat(now(), heartbeat_ttl, pipeline=pipe)
-        pipe.evalsha(ext.replies.scripts.finish.sha, 0, *args)
+        pipe.evalsha(replies.scripts.finish.sha, 0, *args)
         rq_answer, finished = pipe.execute(raise_on_error=False)
     if isinstance(finished, redis.exceptions.NoScriptError):
-        finished = ext.replies.scripts.finish(args=args)  # the registered script loads itself
+        finished = replies.scripts.finish(args=args)  # the registered script loads itself
     elif isinstance(finished, Exception):
         raise finished
     if then is not None:
