@@ -1,11 +1,17 @@
 """The thread-pool worker's own loop: what it asks Redis before each job."""
 from __future__ import annotations
 
+import threading
+import time
 import types
 
 import pytest
+import redis
 import rq.worker.base
+from rq import Queue
+from rq.job import Job
 
+from tests.round_trips import RoundTrips
 from workers import pool
 from workers.pool import SUSPENSION_CHECK_EVERY_S, ThreadPoolWorker
 
@@ -34,8 +40,6 @@ def test_rq_suspend_is_asked_at_most_every_half_second_not_before_every_job(loop
 
 
 def test_a_suspension_check_redis_cannot_answer_is_retried_at_the_next_job(loop_worker, monkeypatch):
-    import redis
-
     calls = []
 
     def down(*args):
@@ -54,19 +58,11 @@ def noop() -> str:
 
 
 def queued_noop(ext):
-    from rq import Queue
-    from rq.job import Job
-
     queue = Queue(ext.queue.names[0], connection=ext.clients.raw)
     return Job.fetch(queue.enqueue(noop).id, connection=ext.clients.raw), queue
 
 
 def test_the_loop_hands_a_dequeued_job_over_without_a_round_trip_of_its_own(ext, loop_worker, monkeypatch):
-    import threading
-    import time
-
-    from tests.round_trips import RoundTrips
-
     job, queue = queued_noop(ext)
     trips = RoundTrips(monkeypatch, threading.get_ident())
     loop_worker.slots.acquire()  # what the dequeue does before it takes a job
@@ -91,8 +87,6 @@ def test_the_pool_says_idle_only_when_no_job_runs(ext, loop_worker):
 
 
 def test_a_job_whose_start_redis_cannot_record_is_kept_until_it_can(ext, loop_worker, monkeypatch):
-    import redis
-
     job, _queue = queued_noop(ext)
     record, failures = loop_worker.prepare_execution, []
 
