@@ -12,6 +12,7 @@ import redis
 from chatapp.chat import request_for_reply
 from chatapp.replies import FencedOut, Replies
 from tests.conftest import free_port
+from workers import event_writer
 from workers.event_writer import EventWriter
 
 
@@ -228,3 +229,102 @@ def _done(mid):
     from chatapp.models import DONE, GenerationResult
 
     return GenerationResult(mid, DONE, "first answer", finish_reason="stop")
+
+
+@pytest.fixture()
+def slow_ticks(monkeypatch):
+    """A writer that ticks every 5 s: what its tick would take, it has not taken within a test."""
+    monkeypatch.setattr(event_writer, "TICK_S", 5.0)
+    return monkeypatch
+
+
+def counted_writes(monkeypatch) -> list[int]:
+    """The number of events of every append the writer sends, as it sends them."""
+    sent: list[int] = []
+    original = Replies.append_many
+
+    def counting(self, writes):
+        sent.extend(len(events) for _mid, _token, events in writes)
+        return original(self, writes)
+
+    monkeypatch.setattr(Replies, "append_many", counting)
+    return sent
+
+
+def claimed_run(ext, w):
+    _, mid = queued(ext)
+    run = w.for_run(mid)
+    assert ext.replies.claim(mid, run.token).status == "ok"
+    return run
+
+
+def test_a_short_replys_events_stay_with_it_for_its_finish(ext, slow_ticks):
+    sent = counted_writes(slow_ticks)
+    w = EventWriter(ext.replies)
+    w.start()
+    try:
+        time.sleep(0.05)  # past the writer's first tick
+        run = claimed_run(ext, w)
+        run.generating()
+        for i in range(3):
+            run.append([("delta", {"text": str(i)}, str(i))])
+        time.sleep(0.1)  # a writer woken by those appends would have written them by now
+        assert [text for _t, _d, text in run.take_rest()] == ["0", "1", "2"]
+    finally:
+        w.stop()
+    assert sent == [] and deltas(ext, run.mid) == []  # the writer never wrote them
+
+
+def test_held_events_go_out_at_the_next_tick_when_the_provider_goes_quiet(ext, writer):
+    run = claimed_run(ext, writer)
+    run.generating()
+    run.append([("status", {"state": "provider_queued"}, ""), ("delta", {"text": "a"}, "a")])
+    deadline = time.monotonic() + 2
+    while ext.redis.get(f"{ext.prefix}msg:{run.mid}:partial") != "a":  # no finish, no wait: the tick
+        assert time.monotonic() < deadline, "held events were not written"
+        time.sleep(0.005)
+    assert run.take_rest() == []
+
+
+def test_events_after_the_first_moments_go_out_at_once(ext, slow_ticks):
+    w = EventWriter(ext.replies)
+    w.start()
+    try:
+        time.sleep(0.05)  # past the writer's first tick: the next is 5 s away
+        run = claimed_run(ext, w)
+        run.generating()
+        run.hold_until = time.monotonic()  # as if the provider started a while ago
+        run.append([("delta", {"text": "late"}, "late")])
+        run.wait(timeout=2)
+        assert ext.redis.get(f"{ext.prefix}msg:{run.mid}:partial") == "late"
+    finally:
+        w.stop()
+
+
+def test_a_hold_wakes_a_writer_that_went_to_sleep(ext, monkeypatch):
+    monkeypatch.setattr(event_writer, "AWAKE_S", 0.05)
+    w = EventWriter(ext.replies)
+    w.start()
+    try:
+        deadline = time.monotonic() + 2
+        while not w.asleep:  # no holds for AWAKE_S: it waits without ticking
+            assert time.monotonic() < deadline, "the writer never went to sleep"
+            time.sleep(0.01)
+        run = claimed_run(ext, w)
+        run.generating()
+        run.append([("delta", {"text": "wake"}, "wake")])
+        run.wait(timeout=2)
+        assert ext.redis.get(f"{ext.prefix}msg:{run.mid}:partial") == "wake"
+    finally:
+        w.stop()
+
+
+def test_stop_writes_held_events(ext, slow_ticks):
+    w = EventWriter(ext.replies)
+    w.start()
+    time.sleep(0.05)
+    run = claimed_run(ext, w)
+    run.generating()
+    run.append([("delta", {"text": "held"}, "held")])
+    w.stop()
+    assert ext.redis.get(f"{ext.prefix}msg:{run.mid}:partial") == "held"

@@ -11,6 +11,14 @@ A run's last events, the ones the writer has not taken when the provider is done
 the run's finish instead (``take_rest``): a short reply is then one round trip, not a write the
 job waits on and then the finish.
 
+Events a run hands over in its first ``HOLD_S`` of generation do not wake the writer: they wait
+for its next tick (every ``TICK_S`` while runs hold events), so a reply that is done by then
+sends them with its finish and the writer never touches it. Waking the writer thread for every
+short reply cost more than anything else it does (a thread hand-off and a round trip per reply:
+about 0.07 of short-turn throughput against bare RQ, docs/benchmarks.md); the price is that a
+reply's first events may reach clients up to ``TICK_S`` later, and only when they come within
+``HOLD_S`` of the start (a provider's later chunks go out at once, as before).
+
 What a write learned (fenced out, Redis unreachable) is raised in the job thread at its next
 ``append``, or at ``take_rest``/``wait``, one of which every run calls before it finishes, so a run
 never finishes a reply with text still unwritten.
@@ -20,7 +28,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import uuid
+from collections import deque
 from typing import Any, Callable
 
 import redis
@@ -31,6 +41,14 @@ log = logging.getLogger(__name__)
 
 #: runs written in one round trip at most (the rest go in the next)
 MAX_BATCH = 256
+#: a run's events this soon after its generation starts wait for the writer's next tick
+HOLD_S = 0.01
+#: how often the writer takes the events runs hold (while any do)
+TICK_S = 0.01
+#: the writer keeps ticking this long after the last hold, so that under load no hold wakes it
+AWAKE_S = 0.2
+#: a queue item that only wakes the writer
+_WAKE = object()
 
 
 class RunWrites:
@@ -41,19 +59,33 @@ class RunWrites:
         self.writer, self.mid, self.token = writer, mid, token
         self.pending: list[Event] = []  # appended, not yet taken by the writer
         self.queued = False  # the run is in the writer's queue
+        self.held = False  # the run is in the writer's held runs, for its next tick
+        self.hold_until = 0.0  # (monotonic) events before then are held
         self.in_flight = False  # the writer is writing some of the run's events
         self.error: BaseException | None = None
         self._cond = threading.Condition()
+
+    def generating(self) -> None:
+        """The provider starts now: events of the next ``HOLD_S`` wait for the writer's tick, or
+        go with the finish."""
+        self.hold_until = time.monotonic() + HOLD_S
 
     def append(self, events: list[Event]) -> None:
         """Queue (type, data, text) events; raises what an earlier write of this run hit."""
         self.raise_error()
         with self._cond:
             self.pending.extend(events)
-            if self.queued:
+            if self.queued or self.held:
                 return
-            self.queued = True
-        self.writer.submit(self)
+            hold = time.monotonic() < self.hold_until
+            if hold:
+                self.held = True
+            else:
+                self.queued = True
+        if hold:
+            self.writer.hold(self)
+        else:
+            self.writer.submit(self)
 
     def take_rest(self, timeout: float = 30.0) -> list[Event]:
         """Wait for the events the writer is writing, then take back the ones it has not taken:
@@ -81,7 +113,7 @@ class RunWrites:
     def _take(self) -> list[Event]:
         """The writer's side: everything pending, now in flight."""
         with self._cond:
-            self.queued = False
+            self.queued = self.held = False
             taken, self.pending = self.pending, []
             self.in_flight = bool(taken)
             return taken
@@ -97,7 +129,9 @@ class EventWriter(threading.Thread):
     def __init__(self, replies: Replies) -> None:
         super().__init__(name="chatapp-event-writer", daemon=True)
         self.replies = replies
-        self.queue: queue.SimpleQueue[RunWrites | None] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # runs to write, _WAKE, or None: stop
+        self.held: deque[RunWrites] = deque()  # runs holding events for the next tick
+        self.asleep = False  # waiting without a tick: a hold must wake it
 
     def for_run(self, mid: str) -> RunWrites:
         """A new job run's handle, with the fencing token it claims the reply with."""
@@ -106,6 +140,13 @@ class EventWriter(threading.Thread):
     def submit(self, run: RunWrites) -> None:
         self.queue.put(run)
 
+    def hold(self, run: RunWrites) -> None:
+        """Write ``run``'s events at the next tick (or never, if its finish takes them first)."""
+        self.held.append(run)
+        if self.asleep:  # (a second wake, when two runs race here, is harmless)
+            self.asleep = False
+            self.queue.put(_WAKE)
+
     def stop(self) -> None:
         """Write what is queued, then end the thread."""
         if self.is_alive():
@@ -113,26 +154,52 @@ class EventWriter(threading.Thread):
             self.join(timeout=5)
 
     def run(self) -> None:
+        next_tick = last_hold = time.monotonic()
         while True:
-            first = self.queue.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < MAX_BATCH:
+            try:
+                first = self.queue.get(timeout=self._wait_s(last_hold, next_tick))
+            except queue.Empty:  # time for a tick
+                first = _WAKE
+            self.asleep = False
+            stopping = first is None
+            batch = [] if stopping or first is _WAKE else [first]
+            while len(batch) < MAX_BATCH and not stopping:
                 try:
                     item = self.queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is None:  # stopping: write what came before, then stop
-                    self.queue.put(None)
-                    break
-                batch.append(item)
+                    stopping = True
+                elif item is not _WAKE:
+                    batch.append(item)
+            now = time.monotonic()
+            if now >= next_tick or stopping:
+                next_tick = now + TICK_S
+                if self.held:
+                    last_hold = now
+                    while self.held:
+                        batch.append(self.held.popleft())
             self.write(batch)
+            if stopping:
+                return
+
+    def _wait_s(self, last_hold: float, next_tick: float) -> float | None:
+        """How long the writer may wait for a run: until its next tick while runs hold events or
+        held some lately, else (asleep) until one is submitted or held."""
+        now = time.monotonic()
+        if self.held or now - last_hold < AWAKE_S:
+            return max(0.0, next_tick - now)
+        self.asleep = True
+        if self.held:  # a hold that came before it could see ``asleep``
+            self.asleep = False
+            return 0.0
+        return None
 
     def write(self, batch: list[RunWrites]) -> None:
         """Write a batch: each run's pending events in one append, all of them in one round trip.
-        (A run may be queued with nothing left: its finish took its events back.)"""
-        taken = [(run, events) for run in batch if (events := run._take())]
+        (A run may be queued with nothing left: its finish took its events back; or both queued
+        and held, taken once.)"""
+        taken = [(run, events) for run in dict.fromkeys(batch) if (events := run._take())]
         if not taken:
             return
         try:

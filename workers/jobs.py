@@ -89,6 +89,7 @@ class ReplyRun:
                                   started_at=time.time(), attempt=claim.attempt)
         # text an earlier attempt delivered: the provider starts over and we skip it
         stream = PartStream(self, result, claim.emitted)
+        self.writes.generating()
         try:
             try:
                 for index, (step, part_request) in enumerate(parts_of(request)):
