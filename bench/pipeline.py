@@ -43,13 +43,15 @@ def enqueue_noops(raw: redis.Redis, n: int) -> None:
 @rides.rides_on_rq
 def fixed_part_of_a_reply(message_id: str) -> str:
     """A second baseline: what the design asks of every reply job whatever it generates, and
-    nothing more. The fenced claim (it reads what the request renders from), a fenced finish with
-    one event (both riding on RQ's round trips, as a reply's do), and the finisher's
-    after_generation once per reply (handed a request without history, so it renders none). No
-    prompt render, no provider call, no pricing, no log line."""
-    from chatapp.models import DONE, ChatRequest, GenerationResult
+    nothing more. The fenced claim (it reads what the request renders from), the lease keeper
+    tracking the run, a fenced finish with one event (claim and finish riding on RQ's round trips,
+    as a reply's do), and the finisher's after_generation once per reply (handed a request without
+    history, so it renders none). No prompt render, no provider call, no pricing, no log line."""
+    from chatapp.models import DONE, ChatRequest, GenerationContext, GenerationResult
+    from workers import runtime
     from workers.finisher import RENDERED
 
+    ext, keeper, _writer = runtime.get()
     ride = rides.for_run(message_id)
     claim = ride.claim()
     if claim.status != "ok" or claim.source is None:
@@ -58,6 +60,8 @@ def fixed_part_of_a_reply(message_id: str) -> str:
     request = ChatRequest(message_id=message_id, conversation_id=record["conversation_id"], user_id=record["user_id"],
                           provider=record["provider"], model=record["model"], messages=[], params={})
     RENDERED.put(message_id, request)
+    keeper.track(message_id, ride.token, GenerationContext(message_id), ext.catalog.provider(request.provider))
+    keeper.untrack(message_id, ride.token)
     result = GenerationResult(message_id, DONE, "ok", provider=request.provider, model=request.model,
                               finish_reason="stop", attempt=claim.attempt)
     ride.finish(result, [("delta", {"text": "ok"}, "ok")], lambda finished: None)

@@ -140,7 +140,7 @@ class InThreadWorker:
         self.keeper = self.services.keeper
         self.worker = ThreadPoolWorker(ext.queue.names, connection=ext.clients.raw,
                                        concurrency=concurrency, install_signals=False, worker_ttl=16,
-                                       drain_timeout_s=5)
+                                       drain_timeout_s=5, idle=self.services.replies_idle)
         self.thread = threading.Thread(target=self.worker.work, kwargs={"logging_level": "WARNING"}, daemon=True)
         self.thread.start()
 

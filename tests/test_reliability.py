@@ -224,3 +224,36 @@ def test_after_generation_hit_by_a_redis_error_runs_again(app_config, monkeypatc
     finally:
         w.stop()
         close_app(application)
+
+
+def test_the_finisher_lingers_only_while_the_worker_runs_replies(ext, monkeypatch):
+    """After a read that was not full the finisher waits for more finishes (batching them), but
+    not once the process runs no job: the last replies of a burst are not kept waiting."""
+    from workers import finisher as finisher_mod
+
+    monkeypatch.setattr(finisher_mod, "LINGER_S", 30.0)
+    idle = threading.Event()  # clear: the worker is running replies
+    fin = finisher_mod.Finisher(ext, consumer="linger-test", block_ms=200, replies_idle=idle)
+    outbox = f"{ext.prefix}finished"
+
+    def stop_queued_reply():
+        user, accepted = queued_reply(ext)
+        assert ext.replies.cancel(user.id, accepted.message_id) == "cancelled"  # finished: into the outbox
+
+    stop_queued_reply()
+    fin.start()
+    try:
+        deadline = time.monotonic() + 10
+        while ext.redis.xlen(outbox):  # the first read takes it, then lingers
+            assert time.monotonic() < deadline, "the finisher did not take the first finish"
+            time.sleep(0.01)
+        stop_queued_reply()
+        time.sleep(0.5)
+        assert ext.redis.xlen(outbox) == 1  # waiting for more
+        idle.set()  # the worker's last job ended
+        deadline = time.monotonic() + 5
+        while ext.redis.xlen(outbox):
+            assert time.monotonic() < deadline, "the finisher kept lingering with no reply running"
+            time.sleep(0.01)
+    finally:
+        fin.stop()

@@ -75,6 +75,28 @@ def test_the_loop_hands_a_dequeued_job_over_without_a_round_trip_of_its_own(ext,
     assert job.return_value() == "ran" and loop_worker.in_flight == 0
 
 
+GATE = threading.Event()
+
+
+def wait_for_gate() -> str:
+    GATE.wait(10)
+    return "ran"
+
+
+def test_the_pool_signals_when_it_runs_no_job(ext, loop_worker):
+    """``idle`` (the finisher's cue to stop lingering) is set exactly when no job runs."""
+    assert not loop_worker.idle.is_set()  # not known yet: the finisher lingers as it always did
+    GATE.clear()
+    queue = Queue(ext.queue.names[0], connection=ext.clients.raw)
+    for func in (noop, wait_for_gate):
+        loop_worker.slots.acquire()
+        loop_worker.execute_job(Job.fetch(queue.enqueue(func).id, connection=ext.clients.raw), queue)
+    time.sleep(0.2)
+    assert not loop_worker.idle.is_set() and loop_worker.in_flight == 1  # one job done, one running
+    GATE.set()
+    assert loop_worker.idle.wait(10) and loop_worker.in_flight == 0
+
+
 def test_the_pool_says_idle_only_when_no_job_runs(ext, loop_worker):
     state = lambda: ext.clients.raw.hget(loop_worker.key, "state")  # noqa: E731
     loop_worker.set_state("busy")

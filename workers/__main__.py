@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     services = WorkerServices(ext).start()
     concurrency = args.concurrency or int(app.config["WORKER_CONCURRENCY"])
     worker = ThreadPoolWorker(ext.queue.names, connection=ext.clients.raw, concurrency=concurrency,
-                              drain_timeout_s=float(app.config["WORKER_DRAIN_S"]))
+                              drain_timeout_s=float(app.config["WORKER_DRAIN_S"]), idle=services.replies_idle)
     logging.getLogger(__name__).info("worker %s: %d replies at once on queues %s",
                                      services.keeper.worker_id, concurrency, ", ".join(ext.queue.names))
     logging.getLogger(__name__).info("provider: %s (default: %s)", provider_text, ext.catalog.default_provider)

@@ -31,11 +31,13 @@ GROUP = "after_generation"
 CLAIM_IDLE_MS = 60_000
 #: entries handled per read at most
 BATCH = 50
-#: after a read that was not full, wait this long before the next one, so that under load a read
-#: takes many entries: a batch costs five round trips (read, record fetch, the usage and budget
-#: scripts, acknowledgement) however many replies it holds. At 20 ms a busy worker's batches held
-#: ~3 replies and the finisher cost ~0.55 ms of CPU a reply; at 100 ms, ~0.3 ms. The hook runs up
-#: to this much later, which nobody waits on (the first reply after a quiet spell goes at once).
+#: after a read that was not full, wait this long before the next one while this process runs
+#: replies, so that under load a read takes many entries: a batch costs five round trips (read,
+#: record fetch, the usage and budget scripts, acknowledgement) however many replies it holds. At
+#: 20 ms a busy worker's batches held ~3 replies and the finisher cost ~0.55 ms of CPU a reply; at
+#: 100 ms, ~0.3 ms. The hook runs up to this much later, which nobody waits on. When the process's
+#: last reply ends the wait ends too: no more finishes are coming, so the last of a burst do not
+#: wait (nor does the first reply after a quiet spell).
 LINGER_S = 0.1
 
 
@@ -66,9 +68,13 @@ RENDERED = RecentRequests()
 
 
 class Finisher(threading.Thread):
-    def __init__(self, ext: "ChatApp", consumer: str, block_ms: int = 2000) -> None:
+    def __init__(self, ext: "ChatApp", consumer: str, block_ms: int = 2000,
+                 replies_idle: threading.Event | None = None) -> None:
+        """``replies_idle``: set while this process's worker runs no job (``ThreadPoolWorker``
+        sets it); while it is clear, the finisher lingers after a read that was not full."""
         super().__init__(name="chatapp-finisher", daemon=True)
         self.ext, self.consumer, self.block_ms = ext, consumer, block_ms
+        self.replies_idle = replies_idle
         self.stream = ext.prefix + "finished"
         self.stopping = threading.Event()
 
@@ -96,7 +102,7 @@ class Finisher(threading.Thread):
                 for _stream, entries in batch or []:
                     self.handle_batch(entries)
                     if len(entries) < BATCH:
-                        self.stopping.wait(LINGER_S)
+                        self.linger()
             except redis.RedisError as exc:
                 log.warning("finisher: Redis unavailable (%s)", type(exc).__name__)
                 next_claim = 0.0
@@ -104,6 +110,10 @@ class Finisher(threading.Thread):
             except Exception:
                 log.exception("finisher failed; continuing")
                 self.stopping.wait(1)
+
+    def linger(self) -> None:
+        """Wait up to ``LINGER_S`` for more finishes, unless (or until) no reply runs here."""
+        (self.replies_idle or self.stopping).wait(LINGER_S)
 
     def rebuild(self, mid: str, fields: dict[str, str], h: dict[str, str]) -> tuple[ChatRequest, GenerationResult]:
         """The request and result for the hook, given the reply's stored record ``h``: the request

@@ -45,7 +45,9 @@ class ThreadPoolWorker(SimpleWorker):
     death_penalty_class = TimerDeathPenalty
 
     def __init__(self, *args: Any, concurrency: int = 100, install_signals: bool = True,
-                 drain_timeout_s: float = 25.0, **kwargs: Any) -> None:
+                 drain_timeout_s: float = 25.0, idle: threading.Event | None = None, **kwargs: Any) -> None:
+        """``idle``: an event this worker sets whenever it runs no job and clears when it starts
+        one (the finisher's ``replies_idle``)."""
         kwargs.setdefault("worker_ttl", 20)  # dequeue blocks ~5 s, so Stop is noticed quickly
         self._last_beat = 0.0
         self._last_suspension_check = 0.0
@@ -57,6 +59,7 @@ class ThreadPoolWorker(SimpleWorker):
         self.drain_timeout_s = drain_timeout_s
         self.in_flight = 0
         self._count_lock = threading.Lock()
+        self.idle = idle or threading.Event()
 
     def _install_signal_handlers(self) -> None:
         if self.install_signals:
@@ -142,6 +145,8 @@ class ThreadPoolWorker(SimpleWorker):
         # rate for all of them.
         with self._count_lock:
             self.in_flight += 1
+            if self.in_flight == 1:
+                self.idle.clear()
         self.pool.submit(self._perform, job, queue)
 
     def _perform(self, job: Any, queue: Any) -> None:
@@ -155,6 +160,8 @@ class ThreadPoolWorker(SimpleWorker):
         finally:
             with self._count_lock:
                 self.in_flight -= 1
+                if not self.in_flight:
+                    self.idle.set()
             self.slots.release()
 
     def _record_start(self, job: Any) -> Any:

@@ -1,6 +1,7 @@
 """What every worker process runs beside RQ's loop, started and stopped together."""
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 from chatapp.metrics_redis import MetricsFlusher
@@ -24,7 +25,10 @@ class WorkerServices:
         self.ext = ext
         self.keeper = LeaseKeeper(ext)
         self.event_writer = EventWriter(ext.replies)
-        self.finisher = Finisher(ext, consumer=self.keeper.worker_id, block_ms=int(ext.config["RELAY_BLOCK_MS"]))
+        #: set by the process's ThreadPoolWorker while it runs no job: the finisher stops lingering
+        self.replies_idle = threading.Event()
+        self.finisher = Finisher(ext, consumer=self.keeper.worker_id, block_ms=int(ext.config["RELAY_BLOCK_MS"]),
+                                 replies_idle=self.replies_idle)
         self.metrics_flusher = MetricsFlusher(ext.metrics.worker, float(ext.config.get("METRICS_FLUSH_S", 1.0)))
         self.retention = RetentionSweeper(ext)
 
