@@ -3,8 +3,8 @@
 A job thread hands its events over and goes back to the provider at once; the writer takes
 everything waiting, one fenced append per reply, and sends the batch in one round trip. Under load
 that is one round trip for many chunks of many replies, instead of one per chunk with the job
-thread waiting on it; when idle, a chunk goes out as soon as it is handed over, so no latency is
-added. A reply's events keep their order: they wait in the run's own list, and the writer takes a
+thread waiting on it; when idle, a chunk goes out as soon as it is handed over (but for a run's
+first moments, below), so no latency is added. A reply's events keep their order: they wait in the run's own list, and the writer takes a
 run's next events only after their predecessors are written.
 
 A run's last events, the ones the writer has not taken when the provider is done, go out with
@@ -16,8 +16,8 @@ for its next tick (every ``TICK_S`` while runs hold events), so a reply that is 
 sends them with its finish and the writer never touches it. Waking the writer thread for every
 short reply cost more than anything else it does (a thread hand-off and a round trip per reply:
 about 0.07 of short-turn throughput against bare RQ, docs/benchmarks.md); the price is that a
-reply's first events may reach clients up to ``TICK_S`` later, and only when they come within
-``HOLD_S`` of the start (a provider's later chunks go out at once, as before).
+reply's first events, and any that follow while they are still held, may reach clients up to
+``TICK_S`` later. A provider's chunks after that go out at once, as before.
 
 What a write learned (fenced out, Redis unreachable) is raised in the job thread at its next
 ``append``, or at ``take_rest``/``wait``, one of which every run calls before it finishes, so a run
