@@ -4,8 +4,9 @@ A job thread hands its events over and goes back to the provider at once; the wr
 everything waiting, one fenced append per reply, and sends the batch in one round trip. Under load
 that is one round trip for many chunks of many replies, instead of one per chunk with the job
 thread waiting on it; when idle, a chunk goes out as soon as it is handed over (but for a run's
-first moments, below), so no latency is added. A reply's events keep their order: they wait in the run's own list, and the writer takes a
-run's next events only after their predecessors are written.
+first moments, below), so no latency is added. A reply's events keep their order: they wait in
+the run's own list, and the writer takes a run's next events only after their predecessors are
+written.
 
 A run's last events, the ones the writer has not taken when the provider is done, go out with
 the run's finish instead (``take_rest``): a short reply is then one round trip, not a write the

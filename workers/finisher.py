@@ -35,9 +35,9 @@ BATCH = 50
 #: replies, so that under load a read takes many entries: a batch costs five round trips (read,
 #: record fetch, the usage and budget scripts, acknowledgement) however many replies it holds. At
 #: 20 ms a busy worker's batches held ~3 replies and the finisher cost ~0.55 ms of CPU a reply; at
-#: 100 ms, ~0.3 ms. The hook runs up to this much later, which nobody waits on. When the process's
-#: last reply ends the wait ends too: no more finishes are coming, so the last of a burst do not
-#: wait (nor does the first reply after a quiet spell).
+#: 100 ms, ~0.3 ms. The hook runs up to this much later, which nobody waits on. When the worker
+#: has no job left the wait ends: no more finishes are coming from it, so the last replies of a
+#: burst do not wait (nor does the first reply after a quiet spell).
 LINGER_S = 0.1
 
 
