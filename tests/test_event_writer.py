@@ -23,8 +23,26 @@ def queued(ext, content="one two three"):
     return user, accepted.message_id
 
 
+def partial(ext, mid):
+    """The reply's text as stored so far."""
+    return ext.redis.get(f"{ext.prefix}msg:{mid}:partial")
+
+
 def deltas(ext, mid):
     return [(int(i.split("-")[1]), f["d"]) for i, f in ext.redis.xrange(f"{ext.prefix}ev:{mid}") if f["t"] == "delta"]
+
+
+def counted_writes(monkeypatch) -> list[list[int]]:
+    """Per round trip the writer sends, the number of events of each of its appends."""
+    sent: list[list[int]] = []
+    original = Replies.append_many
+
+    def counting(self, writes):
+        sent.append([len(events) for _mid, _token, events in writes])
+        return original(self, writes)
+
+    monkeypatch.setattr(Replies, "append_many", counting)
+    return sent
 
 
 @pytest.fixture()
@@ -59,21 +77,14 @@ def test_many_runs_interleaved_keep_each_replys_order_and_text(ext, writer):
         seqs = [s for s, _ in got]
         assert seqs == sorted(seqs) and len(set(seqs)) == 50  # in order, each once
         assert "".join(d.split('"text":"')[1].split('"')[0] for _, d in got) == expected
-        assert ext.redis.get(f"{ext.prefix}msg:{run.mid}:partial") == expected
+        assert partial(ext, run.mid) == expected
 
 
 def test_a_batch_merges_a_replys_events_into_one_append(ext, writer, monkeypatch):
     _, mid = queued(ext)
     run = writer.for_run(mid)
     ext.replies.claim(mid, run.token)
-    calls = []
-    original = Replies.append_many
-
-    def counting(self, writes):
-        calls.append([len(events) for _mid, _token, events in writes])
-        return original(self, writes)
-
-    monkeypatch.setattr(Replies, "append_many", counting)
+    calls = counted_writes(monkeypatch)
     # hand over many events while the writer is busy with the first: they go out together
     gate = threading.Event()
     real_write = writer.write
@@ -84,7 +95,7 @@ def test_a_batch_merges_a_replys_events_into_one_append(ext, writer, monkeypatch
     run.wait()
     assert sum(sum(c) for c in calls) == 20
     assert len(calls) <= 2 and all(len(c) == 1 for c in calls)  # one append per reply per batch
-    assert ext.redis.get(f"{ext.prefix}msg:{mid}:partial") == "".join(str(i) for i in range(20))
+    assert partial(ext, mid) == "".join(str(i) for i in range(20))
 
 
 def test_a_fenced_out_run_learns_it_at_its_next_append_or_wait(ext, writer):
@@ -124,7 +135,7 @@ def test_stop_writes_what_was_queued_first(ext):
     w.start()
     w.stop()
     assert not w.is_alive()
-    assert ext.redis.get(f"{ext.prefix}msg:{mid}:partial") == "01234"
+    assert partial(ext, mid) == "01234"
 
 
 def test_the_writer_reloads_a_script_redis_forgot(ext, writer):
@@ -135,7 +146,7 @@ def test_the_writer_reloads_a_script_redis_forgot(ext, writer):
     try:
         run.append([("delta", {"text": "after flush"}, "after flush")])
         run.wait()
-        assert ext.redis.get(f"{ext.prefix}msg:{mid}:partial") == "after flush"
+        assert partial(ext, mid) == "after flush"
     finally:
         ext.replies.scripts.__init__(ext.redis, int(ext.config["FIREHOSE_MAXLEN"]))  # reload for the rest
 
@@ -178,7 +189,7 @@ def test_take_rest_waits_for_the_events_the_writer_holds_and_keeps_their_order(e
     taker.join(5)
     # "second" went out either with the writer's next batch or comes back to go with the finish:
     # each event exactly once, in order
-    written = ext.redis.get(f"{ext.prefix}msg:{mid}:partial")
+    written = partial(ext, mid)
     assert (written, [e[2] for e in rest]) in (("first ", ["second"]), ("first second", []))
     assert ext.replies.finish(mid, run.token, _done(mid), rest)
     assert ext.redis.hget(f"{ext.prefix}msg:{mid}", "content") == "first second"
@@ -232,23 +243,28 @@ def _done(mid):
 
 
 @pytest.fixture()
+def new_writer(ext):
+    """Starts a writer once the test has set its timings (past its first tick, which comes at
+    once); every one is stopped at the end."""
+    started = []
+
+    def start() -> EventWriter:
+        w = EventWriter(ext.replies)
+        w.start()
+        started.append(w)
+        time.sleep(0.05)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+@pytest.fixture()
 def slow_ticks(monkeypatch):
     """A writer that ticks every 5 s: what its tick would take, it has not taken within a test."""
     monkeypatch.setattr(event_writer, "TICK_S", 5.0)
     return monkeypatch
-
-
-def counted_writes(monkeypatch) -> list[int]:
-    """The number of events of every append the writer sends, as it sends them."""
-    sent: list[int] = []
-    original = Replies.append_many
-
-    def counting(self, writes):
-        sent.extend(len(events) for _mid, _token, events in writes)
-        return original(self, writes)
-
-    monkeypatch.setattr(Replies, "append_many", counting)
-    return sent
 
 
 def claimed_run(ext, w):
@@ -258,20 +274,14 @@ def claimed_run(ext, w):
     return run
 
 
-def test_a_short_replys_events_stay_with_it_for_its_finish(ext, slow_ticks):
+def test_a_short_replys_events_stay_with_it_for_its_finish(ext, slow_ticks, new_writer):
     sent = counted_writes(slow_ticks)
-    w = EventWriter(ext.replies)
-    w.start()
-    try:
-        time.sleep(0.05)  # past the writer's first tick
-        run = claimed_run(ext, w)
-        run.generating()
-        for i in range(3):
-            run.append([("delta", {"text": str(i)}, str(i))])
-        time.sleep(0.1)  # a writer woken by those appends would have written them by now
-        assert [text for _t, _d, text in run.take_rest()] == ["0", "1", "2"]
-    finally:
-        w.stop()
+    run = claimed_run(ext, new_writer())
+    run.generating()
+    for i in range(3):
+        run.append([("delta", {"text": str(i)}, str(i))])
+    time.sleep(0.1)  # a writer woken by those appends would have written them by now
+    assert [text for _t, _d, text in run.take_rest()] == ["0", "1", "2"]
     assert sent == [] and deltas(ext, run.mid) == []  # the writer never wrote them
 
 
@@ -280,51 +290,42 @@ def test_held_events_go_out_at_the_next_tick_when_the_provider_goes_quiet(ext, w
     run.generating()
     run.append([("status", {"state": "provider_queued"}, ""), ("delta", {"text": "a"}, "a")])
     deadline = time.monotonic() + 2
-    while ext.redis.get(f"{ext.prefix}msg:{run.mid}:partial") != "a":  # no finish, no wait: the tick
+    while partial(ext, run.mid) != "a":  # no finish, no wait: the tick
         assert time.monotonic() < deadline, "held events were not written"
         time.sleep(0.005)
     assert run.take_rest() == []
 
 
-def test_events_after_the_first_moments_go_out_at_once(ext, slow_ticks):
-    w = EventWriter(ext.replies)
-    w.start()
-    try:
-        time.sleep(0.05)  # past the writer's first tick: the next is 5 s away
-        run = claimed_run(ext, w)
-        run.generating()
-        run.hold_until = time.monotonic()  # as if the provider started a while ago
-        run.append([("delta", {"text": "late"}, "late")])
-        run.wait(timeout=2)
-        assert ext.redis.get(f"{ext.prefix}msg:{run.mid}:partial") == "late"
-    finally:
-        w.stop()
+def append_and_wait(ext, run, text: str) -> None:
+    """One delta, then wait for the writer: it must have stored it."""
+    run.append([("delta", {"text": text}, text)])
+    run.wait(timeout=2)
+    assert partial(ext, run.mid) == text
 
 
-def test_a_hold_wakes_a_writer_that_went_to_sleep(ext, monkeypatch):
+def test_events_after_the_first_moments_go_out_at_once(ext, slow_ticks, new_writer):
+    run = claimed_run(ext, new_writer())  # its next tick is 5 s away
+    run.generating()
+    run.hold_until = time.monotonic()  # as if the provider started a while ago
+    append_and_wait(ext, run, "late")
+
+
+def test_a_hold_wakes_a_writer_that_went_to_sleep(ext, monkeypatch, new_writer):
     monkeypatch.setattr(event_writer, "AWAKE_S", 0.05)
-    w = EventWriter(ext.replies)
-    w.start()
-    try:
-        deadline = time.monotonic() + 2
-        while not w.asleep:  # no holds for AWAKE_S: it waits without ticking
-            assert time.monotonic() < deadline, "the writer never went to sleep"
-            time.sleep(0.01)
-        run = claimed_run(ext, w)
-        run.generating()
-        run.append([("delta", {"text": "wake"}, "wake")])
-        run.wait(timeout=2)
-        assert ext.redis.get(f"{ext.prefix}msg:{run.mid}:partial") == "wake"
-    finally:
-        w.stop()
+    w = new_writer()
+    deadline = time.monotonic() + 2
+    while not w.asleep:  # no holds for AWAKE_S: it waits without ticking
+        assert time.monotonic() < deadline, "the writer never went to sleep"
+        time.sleep(0.01)
+    run = claimed_run(ext, w)
+    run.generating()
+    append_and_wait(ext, run, "wake")
 
 
-def test_stop_writes_held_events(ext, slow_ticks):
-    w = EventWriter(ext.replies)
-    w.start()
-    time.sleep(0.05)
+def test_stop_writes_held_events(ext, slow_ticks, new_writer):
+    w = new_writer()
     run = claimed_run(ext, w)
     run.generating()
     run.append([("delta", {"text": "held"}, "held")])
     w.stop()
-    assert ext.redis.get(f"{ext.prefix}msg:{run.mid}:partial") == "held"
+    assert partial(ext, run.mid) == "held"
