@@ -94,18 +94,20 @@ def for_job(job: "Job") -> Ride | None:
         return None
     if len(job.args) != 1 or not getattr(function, "rides_on_rq", False):
         return None
-    ext, _keeper, writer = runtime.get()
-    return Ride(job.args[0], writer.for_run(job.args[0]), ext.replies, on_rq=True)
+    return _new_ride(job.args[0], on_rq=True)
 
 
 def for_run(mid: str) -> Ride:
     """What a reply job function runs with: the ride the worker made for it, else (run by a plain
     RQ worker, or called directly) a new run that claims and finishes on its own."""
     ride = current(mid)
-    if ride is not None:
-        return ride
+    return ride if ride is not None else _new_ride(mid)
+
+
+def _new_ride(mid: str, on_rq: bool = False) -> Ride:
+    """A new run of reply ``mid`` on this process's writer and replies."""
     ext, _keeper, writer = runtime.get()
-    return Ride(mid, writer.for_run(mid), ext.replies)
+    return Ride(mid, writer.for_run(mid), ext.replies, on_rq=on_rq)
 
 
 def current(mid: str | None = None) -> Ride | None:
